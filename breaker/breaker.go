@@ -1,0 +1,209 @@
+package breaker
+
+import (
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	circuitbreaker "github.com/mercari/go-circuitbreaker"
+)
+
+// ErrOpen is returned by Allow when the breaker is open, or half-open with
+// its probe already in flight.
+var ErrOpen = errors.New("circuit breaker open")
+
+// State is a breaker's state.
+type State int
+
+// Breaker states.
+const (
+	Closed State = iota
+	Open
+	HalfOpen
+)
+
+func (s State) String() string {
+	switch s {
+	case Closed:
+		return "closed"
+	case Open:
+		return "open"
+	case HalfOpen:
+		return "half-open"
+	}
+	return fmt.Sprintf("State(%d)", int(s))
+}
+
+// Verdict is what a call admitted by Allow turned out to be.
+type Verdict int
+
+// Verdicts.
+const (
+	// Success resets the consecutive failure count; a probe's success closes
+	// the breaker.
+	Success Verdict = iota
+	// Failure counts towards opening; a probe's failure reopens the breaker.
+	Failure
+	// Ignore records nothing: the call says nothing about the provider's
+	// health (a rejected request, a rate limit, a cancelled caller).
+	Ignore
+)
+
+// Config sets a breaker's thresholds.
+type Config struct {
+	// ConsecutiveFailures opens the breaker. Default 5.
+	ConsecutiveFailures int `yaml:"consecutive_failures"`
+	// OpenFor is how long the breaker stays open before one probe is let
+	// through. Default 5m.
+	OpenFor time.Duration `yaml:"open_for"`
+}
+
+// SetDefaults fills the zero fields with their defaults.
+func (c *Config) SetDefaults() {
+	if c.ConsecutiveFailures == 0 {
+		c.ConsecutiveFailures = 5
+	}
+	if c.OpenFor == 0 {
+		c.OpenFor = 5 * time.Minute
+	}
+}
+
+// Validate reports the first invalid field, named by its YAML key.
+func (c Config) Validate() error {
+	if c.ConsecutiveFailures < 1 {
+		return fmt.Errorf("breaker.consecutive_failures: must be at least 1, got %d", c.ConsecutiveFailures)
+	}
+	if c.OpenFor <= 0 {
+		return fmt.Errorf("breaker.open_for: must be positive, got %s", c.OpenFor)
+	}
+	return nil
+}
+
+// Transition is one change of a breaker's state.
+type Transition struct {
+	Provider string
+	From, To State
+	At       time.Time
+}
+
+// Breaker guards one provider. It is safe for concurrent use; share one per
+// provider among all the workers of a process.
+type Breaker struct {
+	name    string
+	openFor time.Duration
+	cb      *circuitbreaker.CircuitBreaker
+
+	// snap packs the generation (bumped on every transition) and the state,
+	// so Allow reads both in one load: gen<<2 | state.
+	snap atomic.Uint64
+	// probe holds the generation whose probe has been handed out.
+	probe    atomic.Uint64
+	openedAt atomic.Int64
+}
+
+// New returns a closed breaker for the provider called name. onChange, when
+// not nil, is called on every transition; it runs under the library's lock,
+// so it must be quick and must not call back into the Breaker.
+func New(name string, cfg Config, onChange func(Transition)) *Breaker {
+	cfg.SetDefaults()
+	b := &Breaker{name: name, openFor: cfg.OpenFor}
+	b.snap.Store(uint64(Closed))
+	b.cb = circuitbreaker.New(
+		circuitbreaker.WithTripFunc(circuitbreaker.NewTripFuncConsecutiveFailures(int64(cfg.ConsecutiveFailures))),
+		circuitbreaker.WithOpenTimeout(cfg.OpenFor),
+		// One successful probe closes the breaker.
+		circuitbreaker.WithHalfOpenMaxSuccesses(1),
+		// Never reset the counters on a timer: N consecutive failures must
+		// open the breaker however slowly they arrive.
+		circuitbreaker.WithCounterResetInterval(-1),
+		// The library ignores failures whose context hit its deadline by
+		// default; a timeout is a failure here. (Verdicts are given with
+		// Success/Fail directly, but keep the library's own view consistent.)
+		circuitbreaker.WithFailOnContextDeadline(true),
+		circuitbreaker.WithOnStateChangeHookFn(func(from, to circuitbreaker.State) {
+			next := fromLib(to)
+			gen := b.snap.Load()>>2 + 1
+			b.snap.Store(gen<<2 | uint64(next))
+			now := time.Now()
+			if next == Open {
+				b.openedAt.Store(now.UnixNano())
+			}
+			if onChange != nil {
+				onChange(Transition{Provider: name, From: fromLib(from), To: next, At: now})
+			}
+		}),
+	)
+	return b
+}
+
+func fromLib(s circuitbreaker.State) State {
+	switch s {
+	case circuitbreaker.StateOpen:
+		return Open
+	case circuitbreaker.StateHalfOpen:
+		return HalfOpen
+	}
+	return Closed
+}
+
+// Name is the provider the breaker guards.
+func (b *Breaker) Name() string { return b.name }
+
+// State is the breaker's current state.
+func (b *Breaker) State() State { return State(b.snap.Load() & 3) }
+
+// OpenUntil is when an open breaker will let its probe through; the zero
+// time when it is not open.
+func (b *Breaker) OpenUntil() time.Time {
+	if b.State() != Open {
+		return time.Time{}
+	}
+	return time.Unix(0, b.openedAt.Load()).Add(b.openFor)
+}
+
+// Allow asks to make one call. It returns ErrOpen when the breaker is open or
+// its single half-open probe is already out; otherwise done must be called
+// exactly once with the call's verdict.
+func (b *Breaker) Allow() (done func(Verdict), err error) {
+	snap := b.snap.Load()
+	gen := snap >> 2
+	switch State(snap & 3) {
+	case Open:
+		return nil, ErrOpen
+	case HalfOpen:
+		// Generations start at 1 for the first half-open state, so the
+		// zero value of probe never matches one.
+		for {
+			p := b.probe.Load()
+			if p == gen {
+				return nil, ErrOpen
+			}
+			if b.probe.CompareAndSwap(p, gen) {
+				break
+			}
+		}
+	}
+	var once atomic.Bool
+	return func(v Verdict) {
+		if !once.CompareAndSwap(false, true) {
+			return
+		}
+		b.record(gen, v)
+	}, nil
+}
+
+func (b *Breaker) record(gen uint64, v Verdict) {
+	if b.snap.Load()>>2 != gen {
+		return // the breaker moved on while the call was out
+	}
+	switch v {
+	case Success:
+		b.cb.Success()
+	case Failure:
+		b.cb.Fail()
+	case Ignore:
+		// A probe that says nothing hands the probe to the next caller.
+		b.probe.CompareAndSwap(gen, gen-1)
+	}
+}

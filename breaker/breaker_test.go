@@ -1,0 +1,195 @@
+package breaker
+
+import (
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// waitState polls until b is in want or the deadline passes.
+func waitState(t *testing.T, b *Breaker, want State) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for b.State() != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("breaker state %s, want %s", b.State(), want)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func call(t *testing.T, b *Breaker, v Verdict) {
+	t.Helper()
+	done, err := b.Allow()
+	if err != nil {
+		t.Fatalf("Allow: %v", err)
+	}
+	done(v)
+}
+
+func TestOpensAfterConsecutiveFailures(t *testing.T) {
+	tests := []struct {
+		name     string
+		verdicts []Verdict
+		want     State
+	}{
+		{"four failures stay closed", []Verdict{Failure, Failure, Failure, Failure}, Closed},
+		{"five failures open", []Verdict{Failure, Failure, Failure, Failure, Failure}, Open},
+		{"a success resets the count", []Verdict{Failure, Failure, Failure, Failure, Success, Failure, Failure, Failure, Failure}, Closed},
+		{"ignored calls do not count", []Verdict{Failure, Failure, Ignore, Ignore, Failure, Failure, Ignore, Failure}, Open},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := New("p", Config{ConsecutiveFailures: 5, OpenFor: time.Hour}, nil)
+			for _, v := range tt.verdicts {
+				call(t, b, v)
+			}
+			if got := b.State(); got != tt.want {
+				t.Fatalf("state %s, want %s", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestOpenRejectsAndReportsUntil(t *testing.T) {
+	b := New("p", Config{ConsecutiveFailures: 1, OpenFor: time.Hour}, nil)
+	before := time.Now()
+	call(t, b, Failure)
+	if _, err := b.Allow(); !errors.Is(err, ErrOpen) {
+		t.Fatalf("Allow on open breaker: %v, want ErrOpen", err)
+	}
+	until := b.OpenUntil()
+	if until.Before(before.Add(time.Hour)) || until.After(time.Now().Add(time.Hour)) {
+		t.Fatalf("OpenUntil %v not open_for after the trip", until)
+	}
+}
+
+func TestHalfOpenLetsExactlyOneProbe(t *testing.T) {
+	tests := []struct {
+		name    string
+		verdict Verdict
+		want    State
+	}{
+		{"probe success closes", Success, Closed},
+		{"probe failure reopens", Failure, Open},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var transitions []Transition
+			var mu sync.Mutex
+			b := New("p", Config{ConsecutiveFailures: 1, OpenFor: 30 * time.Millisecond}, func(tr Transition) {
+				mu.Lock()
+				transitions = append(transitions, tr)
+				mu.Unlock()
+			})
+			call(t, b, Failure)
+			waitState(t, b, HalfOpen)
+
+			var admitted atomic.Int32
+			var probeDone func(Verdict)
+			var wg sync.WaitGroup
+			var once sync.Mutex
+			for range 30 {
+				wg.Go(func() {
+					done, err := b.Allow()
+					if err != nil {
+						if !errors.Is(err, ErrOpen) {
+							t.Errorf("Allow: %v", err)
+						}
+						return
+					}
+					admitted.Add(1)
+					once.Lock()
+					probeDone = done
+					once.Unlock()
+				})
+			}
+			wg.Wait()
+			if n := admitted.Load(); n != 1 {
+				t.Fatalf("%d of 30 concurrent callers admitted in half-open, want 1", n)
+			}
+			probeDone(tt.verdict)
+			if got := b.State(); got != tt.want {
+				t.Fatalf("after probe: %s, want %s", got, tt.want)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			wantTo := []State{Open, HalfOpen, tt.want}
+			if len(transitions) != len(wantTo) {
+				t.Fatalf("transitions %+v, want to-states %v", transitions, wantTo)
+			}
+			for i, tr := range transitions {
+				if tr.To != wantTo[i] || tr.Provider != "p" {
+					t.Fatalf("transition %d: %+v, want to %s", i, tr, wantTo[i])
+				}
+			}
+		})
+	}
+}
+
+func TestIgnoredProbeHandsOverTheProbe(t *testing.T) {
+	b := New("p", Config{ConsecutiveFailures: 1, OpenFor: 20 * time.Millisecond}, nil)
+	call(t, b, Failure)
+	waitState(t, b, HalfOpen)
+	done, err := b.Allow()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Allow(); !errors.Is(err, ErrOpen) {
+		t.Fatalf("second caller during probe: %v, want ErrOpen", err)
+	}
+	done(Ignore)
+	if b.State() != HalfOpen {
+		t.Fatalf("ignored probe changed state to %s", b.State())
+	}
+	call(t, b, Success)
+	if b.State() != Closed {
+		t.Fatalf("state %s after second probe succeeded, want closed", b.State())
+	}
+}
+
+func TestStaleVerdictIsDropped(t *testing.T) {
+	b := New("p", Config{ConsecutiveFailures: 1, OpenFor: 20 * time.Millisecond}, nil)
+	slow, err := b.Allow() // admitted while closed
+	if err != nil {
+		t.Fatal(err)
+	}
+	call(t, b, Failure)
+	waitState(t, b, HalfOpen)
+	slow(Success) // must not close the breaker: only the probe may
+	if b.State() != HalfOpen {
+		t.Fatalf("stale success moved the breaker to %s", b.State())
+	}
+	probe, err := b.Allow()
+	if err != nil {
+		t.Fatalf("probe refused after stale verdict: %v", err)
+	}
+	probe(Failure)
+	if b.State() != Open {
+		t.Fatalf("state %s after failed probe, want open", b.State())
+	}
+}
+
+func TestDoneTwiceCountsOnce(t *testing.T) {
+	b := New("p", Config{ConsecutiveFailures: 2, OpenFor: time.Hour}, nil)
+	done, _ := b.Allow()
+	done(Failure)
+	done(Failure)
+	if b.State() != Closed {
+		t.Fatal("a doubled verdict was counted twice")
+	}
+}
+
+func TestStateString(t *testing.T) {
+	for s, want := range map[State]string{Closed: "closed", Open: "open", HalfOpen: "half-open", State(7): "State(7)"} {
+		if s.String() != want {
+			t.Errorf("%d.String() = %q, want %q", int(s), s.String(), want)
+		}
+	}
+}

@@ -1,0 +1,95 @@
+package broker
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// ClaimResult says what Claim found.
+type ClaimResult int
+
+const (
+	// ClaimWon: the caller holds the request id and must answer it.
+	ClaimWon ClaimResult = iota
+	// ClaimTakenOver: the caller holds the id after an earlier delivery of
+	// the same message was lost (a crashed or stalled worker): the reply may
+	// already have been published, so look before calling a provider.
+	ClaimTakenOver
+	// ClaimDone: the id has been answered; ack without calling anyone.
+	ClaimDone
+	// ClaimBusy: another message with the same id is being answered by a
+	// live worker; put this one back and look again later.
+	ClaimBusy
+)
+
+type claim struct {
+	Done   bool      `json:"done"`
+	Seq    uint64    `json:"seq"`
+	Worker string    `json:"worker"`
+	At     time.Time `json:"at"`
+}
+
+// claimKey turns a request id (any characters) into a valid KV key.
+func claimKey(id string) string {
+	return "id." + base64.RawURLEncoding.EncodeToString([]byte(id))
+}
+
+// Claim records that worker is answering request id from the message with
+// stream sequence seq. A claim older than stale held by another message is
+// taken over (its worker is presumed dead).
+func (b *Broker) Claim(ctx context.Context, id string, seq uint64, worker string, stale time.Duration) (ClaimResult, error) {
+	key := claimKey(id)
+	mine, _ := json.Marshal(claim{Seq: seq, Worker: worker, At: time.Now()})
+	for range 3 {
+		_, err := b.claims.Create(ctx, key, mine)
+		if err == nil {
+			return ClaimWon, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return 0, fmt.Errorf("claim %q: %w", id, err)
+		}
+		entry, err := b.claims.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // expired or deleted between the two calls
+		}
+		if err != nil {
+			return 0, fmt.Errorf("read claim %q: %w", id, err)
+		}
+		var c claim
+		if err := json.Unmarshal(entry.Value(), &c); err != nil {
+			return 0, fmt.Errorf("claim %q holds %q: %w", id, entry.Value(), err)
+		}
+		if c.Done {
+			return ClaimDone, nil
+		}
+		// The same message again: JetStream redelivers only when the earlier
+		// delivery was lost, so its worker no longer holds it.
+		if c.Seq != seq && time.Since(c.At) < stale {
+			return ClaimBusy, nil
+		}
+		if _, err := b.claims.Update(ctx, key, mine, entry.Revision()); err != nil {
+			if errors.Is(err, jetstream.ErrKeyExists) {
+				continue // somebody else moved first; look again
+			}
+			return 0, fmt.Errorf("take over claim %q: %w", id, err)
+		}
+		return ClaimTakenOver, nil
+	}
+	return ClaimBusy, nil
+}
+
+// Finish marks request id answered: any later message with this id is acked
+// without calling a provider.
+func (b *Broker) Finish(ctx context.Context, id string, seq uint64, worker string) error {
+	v, _ := json.Marshal(claim{Done: true, Seq: seq, Worker: worker, At: time.Now()})
+	if _, err := b.claims.Put(ctx, claimKey(id), v); err != nil {
+		return fmt.Errorf("mark %q answered: %w", id, err)
+	}
+	return nil
+}

@@ -1,0 +1,105 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/understudy-ai/understudy/chat"
+)
+
+// PublishReply stores reply on its conversation's reply subject, deduplicated
+// by msgID (the request id, or invalid-<seq>). It reports whether the server
+// already had a reply with that id.
+func (b *Broker) PublishReply(ctx context.Context, conv, msgID string, reply *chat.Reply) (duplicate bool, err error) {
+	data, err := json.Marshal(reply)
+	if err != nil {
+		return false, fmt.Errorf("encode reply: %w", err)
+	}
+	msg := &nats.Msg{Subject: b.topo.Subjects.Reply(conv), Data: data, Header: nats.Header{}}
+	msg.Header.Set(chat.HeaderMsgID, msgID)
+	ack, err := b.js.PublishMsg(ctx, msg)
+	if err != nil {
+		return false, fmt.Errorf("publish reply: %w", err)
+	}
+	return ack.Duplicate, nil
+}
+
+// DeadLetter describes why a request was given up on.
+type DeadLetter struct {
+	// Conv is the subject token: a valid conversation id or chat.InvalidToken.
+	Conv       string
+	Code       string
+	Reason     string
+	RequestID  string
+	Deliveries uint64
+	StreamSeq  uint64
+	// Subject the request was published on.
+	Subject string
+}
+
+// PublishDead copies the original request bytes to the dead-letter stream
+// with the reason in headers. It is deduplicated by the request's stream
+// sequence, so a retried dead-lettering stores one copy.
+func (b *Broker) PublishDead(ctx context.Context, data []byte, d DeadLetter) error {
+	msg := &nats.Msg{Subject: b.topo.Subjects.Dead(d.Conv), Data: data, Header: nats.Header{}}
+	msg.Header.Set(chat.HeaderMsgID, "dead-"+strconv.FormatUint(d.StreamSeq, 10))
+	msg.Header.Set(chat.HeaderCode, d.Code)
+	msg.Header.Set(chat.HeaderReason, d.Reason)
+	if d.RequestID != "" {
+		msg.Header.Set(chat.HeaderRequestID, d.RequestID)
+	}
+	msg.Header.Set(chat.HeaderDeliveries, strconv.FormatUint(d.Deliveries, 10))
+	msg.Header.Set(chat.HeaderStreamSeq, strconv.FormatUint(d.StreamSeq, 10))
+	msg.Header.Set(chat.HeaderConvSubject, d.Subject)
+	if _, err := b.js.PublishMsg(ctx, msg); err != nil {
+		return fmt.Errorf("publish dead letter: %w", err)
+	}
+	return nil
+}
+
+// PublishEvent records ev on CHAT_EVENTS without waiting for the server's
+// acknowledgement (events must never slow a request down); a failure is
+// logged. key is the conversation or provider the subject names.
+func (b *Broker) PublishEvent(ev *chat.Event, key string) {
+	ev.V = chat.EventVersion
+	data, err := json.Marshal(ev)
+	if err != nil {
+		b.log.Error().Err(err).Msg("encode event")
+		return
+	}
+	// Failures after the publish are logged by the handler set in Connect.
+	if _, err := b.js.PublishAsync(b.topo.Subjects.Event(ev.Type, key), data); err != nil {
+		b.log.Warn().Err(err).Str("event", string(ev.Type)).Msg("publish event")
+	}
+}
+
+// FlushEvents waits until every event published so far is acknowledged.
+func (b *Broker) FlushEvents(ctx context.Context) {
+	select {
+	case <-b.js.PublishAsyncComplete():
+	case <-ctx.Done():
+	}
+}
+
+// PublishStatus sends live, non-persisted progress on the conversation's
+// status subject (for typing indicators). Best effort.
+func (b *Broker) PublishStatus(conv string, v any) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return
+	}
+	_ = b.nc.Publish(b.topo.Subjects.Status(conv), data)
+}
+
+// PublishRaw stores data with its headers on subject and waits for the
+// server's acknowledgement (used by redrive).
+func (b *Broker) PublishRaw(ctx context.Context, subject string, data []byte, hdr nats.Header) error {
+	if _, err := b.js.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: data, Header: hdr}); err != nil {
+		return fmt.Errorf("publish %s: %w", subject, err)
+	}
+	return nil
+}

@@ -1,0 +1,114 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/understudy-ai/understudy/chat"
+)
+
+// Stored is one message read back from a stream.
+type Stored struct {
+	Subject string
+	Data    []byte
+	Header  nats.Header
+	Seq     uint64
+	Time    time.Time
+}
+
+// ScanBatch is how many messages one pull of a scan asks for.
+const ScanBatch = 512
+
+// Scan calls fn, in stream order, for every message of stream whose subject
+// matches filter and that was stored at or after since and before until (the
+// zero until: up to the end of the stream when the scan started). It reads
+// through an ordered consumer, holding one batch at a time, so a stream of any
+// size is read in bounded memory. fn returning an error stops the scan.
+func (b *Broker) Scan(ctx context.Context, stream, filter string, since, until time.Time, fn func(*Stored) error) error {
+	st, err := b.js.Stream(ctx, stream)
+	if err != nil {
+		return fmt.Errorf("scan %s: %w", stream, err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("scan %s: %w", stream, err)
+	}
+	last := info.State.LastSeq
+	if info.State.Msgs == 0 || (!info.State.LastTime.IsZero() && info.State.LastTime.Before(since)) {
+		return nil
+	}
+	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy}
+	if filter != "" {
+		cfg.FilterSubjects = []string{filter}
+	}
+	if !since.IsZero() {
+		cfg.DeliverPolicy = jetstream.DeliverByStartTimePolicy
+		t := since
+		cfg.OptStartTime = &t
+	}
+	cons, err := st.OrderedConsumer(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("scan %s: %w", stream, err)
+	}
+	ci := cons.CachedInfo()
+	if ci != nil && ci.NumPending == 0 {
+		return nil
+	}
+	for {
+		batch, err := cons.Fetch(ScanBatch, jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			return fmt.Errorf("scan %s: %w", stream, err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			md, err := m.Metadata()
+			if err != nil {
+				return fmt.Errorf("scan %s: %w", stream, err)
+			}
+			if md.Sequence.Stream > last || (!until.IsZero() && !md.Timestamp.Before(until)) {
+				return nil
+			}
+			if err := fn(&Stored{Subject: m.Subject(), Data: m.Data(), Header: m.Headers(), Seq: md.Sequence.Stream, Time: md.Timestamp}); err != nil {
+				return err
+			}
+			if md.NumPending == 0 || md.Sequence.Stream == last {
+				return nil
+			}
+		}
+		if err := batch.Error(); err != nil {
+			return fmt.Errorf("scan %s: %w", stream, err)
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if n == 0 {
+			return nil // nothing arrived within the wait: the filter's end
+		}
+	}
+}
+
+// FindReply reports whether a reply to request id is stored on the
+// conversation's reply subject since the given time. It is used only after
+// a lost delivery, to close the gap between publishing a reply and
+// recording it in the claims bucket.
+func (b *Broker) FindReply(ctx context.Context, conv, id string, since time.Time) (bool, error) {
+	found := false
+	errFound := errors.New("found")
+	err := b.Scan(ctx, b.topo.Subjects.Stream(chat.KindReplies), b.topo.Subjects.Reply(conv), since, time.Time{}, func(s *Stored) error {
+		if s.Header.Get(chat.HeaderMsgID) == id {
+			found = true
+			return errFound
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errFound) {
+		return false, err
+	}
+	return found, nil
+}

@@ -1,0 +1,112 @@
+package chat
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Roles a message may have.
+const (
+	RoleSystem    = "system"
+	RoleUser      = "user"
+	RoleAssistant = "assistant"
+)
+
+// Message is one turn of a conversation.
+type Message struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
+}
+
+// Request is what the chat API publishes on <prefix>.requests.<conv>.
+type Request struct {
+	// ID is required, 1–128 characters; one final reply is made per ID.
+	ID string `json:"id"`
+	// ConversationID is optional; when set it must equal the subject's token.
+	ConversationID string `json:"conversation_id,omitempty"`
+	// Messages is required and non-empty.
+	Messages []Message `json:"messages"`
+	// MaxTokens is optional; 0 leaves the provider's default.
+	MaxTokens int `json:"max_tokens,omitempty"`
+	// Temperature is optional; nil leaves the provider's default.
+	Temperature *float64 `json:"temperature,omitempty"`
+	// Deadline is optional; the zero value means publish time + worker.request_ttl.
+	Deadline time.Time `json:"deadline,omitzero"`
+	// Metadata is echoed back in the reply, untouched.
+	Metadata json.RawMessage `json:"metadata,omitempty"`
+}
+
+// Reply statuses.
+const (
+	StatusOK     = "ok"
+	StatusFailed = "failed"
+)
+
+// Error codes of a failed reply.
+const (
+	CodeInvalidRequest     = "invalid_request"
+	CodeDeadlineExceeded   = "deadline_exceeded"
+	CodeProvidersExhausted = "providers_exhausted"
+)
+
+// Outcome is how one provider attempt ended.
+type Outcome string
+
+// Attempt outcomes (SPEC §3).
+const (
+	OutcomeOK          Outcome = "ok"
+	OutcomeError       Outcome = "error"
+	OutcomeTimeout     Outcome = "timeout"
+	OutcomeRateLimited Outcome = "rate_limited"
+	OutcomeRejected    Outcome = "rejected"
+	OutcomeBreakerOpen Outcome = "breaker_open"
+)
+
+// Attempt is one rung of the provider ladder as the reply reports it.
+type Attempt struct {
+	Provider   string  `json:"provider"`
+	Outcome    Outcome `json:"outcome"`
+	StatusCode int     `json:"status_code,omitempty"`
+	LatencyMS  int64   `json:"latency_ms"`
+}
+
+// Usage is the token usage the serving provider reported.
+type Usage struct {
+	PromptTokens     int64 `json:"prompt_tokens"`
+	CompletionTokens int64 `json:"completion_tokens"`
+}
+
+// ErrorBody explains a failed reply.
+type ErrorBody struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// Reply is published once per request id on <prefix>.replies.<conv>.
+type Reply struct {
+	ID             string          `json:"id"`
+	ConversationID string          `json:"conversation_id"`
+	Status         string          `json:"status"`
+	Content        string          `json:"content,omitempty"`
+	Provider       string          `json:"provider,omitempty"`
+	Model          string          `json:"model,omitempty"`
+	Degraded       bool            `json:"degraded"`
+	Attempts       []Attempt       `json:"attempts"`
+	Usage          *Usage          `json:"usage,omitempty"`
+	Error          *ErrorBody      `json:"error,omitempty"`
+	Deliveries     uint64          `json:"deliveries"`
+	QueuedMS       int64           `json:"queued_ms"`
+	LatencyMS      int64           `json:"latency_ms"`
+	Metadata       json.RawMessage `json:"metadata,omitempty"`
+}
+
+// Header names Understudy sets on the messages it publishes.
+const (
+	HeaderMsgID       = "Nats-Msg-Id"
+	HeaderCode        = "Understudy-Code"
+	HeaderReason      = "Understudy-Reason"
+	HeaderRequestID   = "Understudy-Request-Id"
+	HeaderDeliveries  = "Understudy-Deliveries"
+	HeaderStreamSeq   = "Understudy-Stream-Seq"
+	HeaderConvSubject = "Understudy-Subject"
+)

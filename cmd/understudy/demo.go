@@ -1,0 +1,336 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/understudy-ai/understudy/broker"
+	"github.com/understudy-ai/understudy/chat"
+	"github.com/understudy-ai/understudy/config"
+	"github.com/understudy-ai/understudy/providers"
+	"github.com/understudy-ai/understudy/providers/sim"
+	"github.com/understudy-ai/understudy/service"
+)
+
+type demoOptions struct {
+	duration, outageAt, outageFor, openFor time.Duration
+	rate, conversations                    int
+	logLevel, report, store                string
+}
+
+func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("understudy demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o demoOptions
+	fs.DurationVar(&o.duration, "duration", 30*time.Second, "how long to send traffic")
+	fs.IntVar(&o.rate, "rate", 20, "requests per second")
+	fs.IntVar(&o.conversations, "conversations", 8, "conversations the traffic is spread over")
+	fs.DurationVar(&o.outageAt, "outage-at", 0, "when deepseek goes down (default: a third of --duration)")
+	fs.DurationVar(&o.outageFor, "outage-for", 0, "how long deepseek stays down (default: a third of --duration)")
+	fs.DurationVar(&o.openFor, "open-for", 4*time.Second, "breaker.open_for (the SPEC default, 5m, is too long for a demo)")
+	fs.StringVar(&o.logLevel, "log-level", "warn", "worker log level (JSON on stderr)")
+	fs.StringVar(&o.report, "report", "text", "final replay report: text, json or none")
+	fs.StringVar(&o.store, "store", "", "JetStream store directory (default: a temporary one, removed at the end)")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if o.duration <= 0 || o.rate <= 0 || o.conversations <= 0 || o.openFor <= 0 {
+		fmt.Fprintln(stderr, "understudy demo: --duration, --rate, --conversations and --open-for must be positive")
+		return exitUsage
+	}
+	if o.outageAt == 0 {
+		o.outageAt = o.duration / 3
+	}
+	if o.outageFor == 0 {
+		o.outageFor = o.duration / 3
+	}
+	if o.store == "" {
+		dir, err := os.MkdirTemp("", "understudy-demo-")
+		if err != nil {
+			fmt.Fprintf(stderr, "understudy demo: %v\n", err)
+			return exitFailed
+		}
+		defer os.RemoveAll(dir)
+		o.store = dir
+	}
+	return demo(ctx, o, stdout, stderr)
+}
+
+// demoConfig is the configuration the demo runs: embedded NATS serving this
+// process only, three simulated providers, a short breaker.
+func demoConfig(o demoOptions) config.Config {
+	cfg := config.Default()
+	cfg.NATS = broker.Config{StoreDir: o.store, Listen: "-"}
+	cfg.Metrics.Listen = ""
+	cfg.Log.Level = o.logLevel
+	cfg.Breaker.ConsecutiveFailures = 3
+	cfg.Breaker.OpenFor = o.openFor
+	cfg.Retry.Min, cfg.Retry.Max = 50*time.Millisecond, time.Second
+	cfg.Worker.RequeueMin, cfg.Worker.RequeueMax = 500*time.Millisecond, 5*time.Second
+	sims := []struct {
+		name, model string
+		latency     time.Duration
+	}{{"deepseek", "deepseek-v3", 60 * time.Millisecond}, {"llama", "llama-3.3-70b", 120 * time.Millisecond}, {"qwen", "qwen-72b", 180 * time.Millisecond}}
+	cfg.Providers = nil
+	for _, s := range sims {
+		cfg.Providers = append(cfg.Providers, providers.Config{Name: s.name, Kind: providers.KindSim, Model: s.model,
+			Timeout: 2 * time.Second, Sim: sim.Config{Model: s.model, Latency: s.latency, Jitter: s.latency / 2}})
+	}
+	return cfg
+}
+
+func demo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) int {
+	cfg := demoConfig(o)
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintf(stderr, "understudy demo: %v\n", err)
+		return exitFailed
+	}
+	log := newLogger(stderr, cfg.Log.Level)
+	svc, err := service.Start(ctx, cfg, "demo", log)
+	if err != nil {
+		fmt.Fprintf(stderr, "understudy demo: %v\n", err)
+		return exitFailed
+	}
+	defer svc.Close()
+	runCtx, stopWorkers := context.WithCancel(ctx)
+	workersDone := make(chan struct{})
+	go func() { defer close(workersDone); _ = svc.Run(runCtx) }()
+	defer func() { stopWorkers(); <-workersDone }()
+
+	subj := cfg.SubjectScheme()
+	tally := newDemoTally()
+	sub, err := svc.Broker.Conn().Subscribe(subj.AllReplies(), func(m *nats.Msg) {
+		var r chat.Reply
+		if json.Unmarshal(m.Data, &r) == nil {
+			tally.replied(&r)
+		}
+	})
+	if err != nil {
+		fmt.Fprintf(stderr, "understudy demo: %v\n", err)
+		return exitFailed
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+
+	primary := svc.Providers[0].Sim
+	fmt.Fprintf(stdout, "understudy demo: %d req/s for %s over %d conversations; chain deepseek → llama → qwen; deepseek down from %s to %s\n",
+		o.rate, o.duration, o.conversations, o.outageAt, o.outageAt+o.outageFor)
+	start := time.Now()
+	interval := time.Second / time.Duration(o.rate)
+	send := time.NewTicker(interval)
+	defer send.Stop()
+	status := time.NewTicker(time.Second)
+	defer status.Stop()
+	n := 0
+	outage := false
+	for sending := true; sending; {
+		select {
+		case <-ctx.Done():
+			fmt.Fprintln(stdout, "interrupted")
+			return exitFailed
+		case <-status.C:
+			fmt.Fprintln(stdout, tally.line(time.Since(start), svc, outage))
+		case now := <-send.C:
+			el := now.Sub(start)
+			if el >= o.duration {
+				sending = false
+				break
+			}
+			if down := el >= o.outageAt && el < o.outageAt+o.outageFor; down != outage {
+				outage = down
+				if down {
+					primary.SetMode(sim.ModeError)
+					fmt.Fprintf(stdout, "[%5.1fs] >>> deepseek outage begins (503s)\n", el.Seconds())
+				} else {
+					primary.SetMode(sim.ModeOK)
+					fmt.Fprintf(stdout, "[%5.1fs] <<< deepseek is back\n", el.Seconds())
+				}
+			}
+			n++
+			if err := demoPublish(ctx, svc.Broker, subj, n, o.conversations); err != nil {
+				fmt.Fprintf(stderr, "understudy demo: publish: %v\n", err)
+				return exitFailed
+			}
+			tally.sent(fmt.Sprintf("demo-%06d", n))
+		}
+	}
+	// Wait for the stragglers (queued retries included).
+	wait := time.NewTimer(45 * time.Second)
+	defer wait.Stop()
+	for tally.outstanding() > 0 {
+		select {
+		case <-ctx.Done():
+			return exitFailed
+		case <-wait.C:
+			fmt.Fprintf(stdout, "gave up waiting: %d requests unanswered\n", tally.outstanding())
+			return demoFinish(ctx, o, svc, subj, tally, stdout, stderr)
+		case <-status.C:
+			fmt.Fprintln(stdout, tally.line(time.Since(start), svc, outage))
+		}
+	}
+	fmt.Fprintln(stdout, tally.line(time.Since(start), svc, outage))
+	stopWorkers()
+	<-workersDone
+	return demoFinish(ctx, o, svc, subj, tally, stdout, stderr)
+}
+
+func demoPublish(ctx context.Context, b *broker.Broker, subj chat.Subjects, n, convs int) error {
+	id := fmt.Sprintf("demo-%06d", n)
+	conv := fmt.Sprintf("c-%02d", n%convs)
+	req := chat.Request{ID: id, Messages: []chat.Message{{Role: chat.RoleSystem, Content: "You are Lucy."},
+		{Role: chat.RoleUser, Content: fmt.Sprintf("message number %d, tell me something", n)}},
+		Deadline: time.Now().Add(40 * time.Second).UTC(), Metadata: json.RawMessage(`{"source":"demo"}`)}
+	data, _ := json.Marshal(req)
+	hdr := nats.Header{}
+	hdr.Set(chat.HeaderMsgID, id)
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	return b.PublishRaw(pctx, subj.Request(conv), data, hdr)
+}
+
+// demoFinish checks, from the CHAT_REPLIES stream itself, that every request
+// got exactly one reply, prints the summary and the replay report.
+func demoFinish(ctx context.Context, o demoOptions, svc *service.Service, subj chat.Subjects, t *demoTally, stdout, stderr io.Writer) int {
+	stored := map[string]int{}
+	sctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	err := svc.Broker.Scan(sctx, subj.Stream(chat.KindReplies), subj.AllReplies(), time.Time{}, time.Time{}, func(s *broker.Stored) error {
+		stored[s.Header.Get(chat.HeaderMsgID)]++
+		return nil
+	})
+	if err != nil {
+		fmt.Fprintf(stderr, "understudy demo: reading replies: %v\n", err)
+		return exitFailed
+	}
+	t.mu.Lock()
+	ids := make([]string, 0, len(t.ids))
+	for id := range t.ids {
+		ids = append(ids, id)
+	}
+	t.mu.Unlock()
+	missing, doubled := 0, 0
+	for _, id := range ids {
+		switch stored[id] {
+		case 0:
+			missing++
+		case 1:
+		default:
+			doubled++
+		}
+	}
+	fmt.Fprintf(stdout, "\nsummary: sent %d, replies stored %d, unanswered %d, answered more than once %d; served by %s; failed %d; hits deepseek %d llama %d qwen %d\n",
+		len(ids), len(stored), missing, doubled, t.byProviderString(), t.failedCount(),
+		svc.Providers[0].Sim.Hits(), svc.Providers[1].Sim.Hits(), svc.Providers[2].Sim.Hits())
+	if o.report != "none" {
+		if err := demoReport(ctx, svc, subj, o.report, stdout); err != nil {
+			fmt.Fprintf(stderr, "understudy demo: replay report: %v\n", err)
+			return exitFailed
+		}
+	}
+	if missing > 0 || doubled > 0 || len(ids) == 0 {
+		fmt.Fprintln(stdout, "FAIL: not every request was answered exactly once")
+		return exitFailed
+	}
+	fmt.Fprintln(stdout, "OK: every request was answered exactly once")
+	return exitOK
+}
+
+// demoTally follows the run live from the replies subject.
+type demoTally struct {
+	mu         sync.Mutex
+	ids        map[string]int // id → replies seen live
+	byProvider map[string]int
+	failed     int
+}
+
+func newDemoTally() *demoTally {
+	return &demoTally{ids: map[string]int{}, byProvider: map[string]int{}}
+}
+
+func (t *demoTally) sent(id string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, ok := t.ids[id]; !ok {
+		t.ids[id] = 0
+	}
+}
+
+func (t *demoTally) replied(r *chat.Reply) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.ids[r.ID]++
+	if t.ids[r.ID] > 1 {
+		return
+	}
+	if r.Status == chat.StatusOK {
+		t.byProvider[r.Provider]++
+	} else {
+		t.failed++
+	}
+}
+
+func (t *demoTally) outstanding() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for _, c := range t.ids {
+		if c == 0 {
+			n++
+		}
+	}
+	return n
+}
+
+func (t *demoTally) failedCount() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.failed
+}
+
+func (t *demoTally) byProviderString() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	names := make([]string, 0, len(t.byProvider))
+	for n := range t.byProvider {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	parts := make([]string, 0, len(names))
+	for _, n := range names {
+		parts = append(parts, fmt.Sprintf("%s %d", n, t.byProvider[n]))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func (t *demoTally) line(el time.Duration, svc *service.Service, outage bool) string {
+	t.mu.Lock()
+	sent, answered := len(t.ids), 0
+	for _, c := range t.ids {
+		if c > 0 {
+			answered++
+		}
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "[%5.1fs] sent %4d  answered %4d  waiting %3d  failed %d | served:", el.Seconds(), sent, answered, sent-answered, t.failed)
+	for _, l := range svc.Chain.Links() {
+		fmt.Fprintf(&b, " %s %d", l.Provider.Name(), t.byProvider[l.Provider.Name()])
+	}
+	t.mu.Unlock()
+	b.WriteString(" | breakers:")
+	for _, l := range svc.Chain.Links() {
+		fmt.Fprintf(&b, " %s=%s", l.Provider.Name(), l.Breaker.State())
+	}
+	if outage {
+		b.WriteString(" | deepseek DOWN")
+	}
+	return b.String()
+}

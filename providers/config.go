@@ -1,0 +1,125 @@
+package providers
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"time"
+
+	"github.com/understudy-ai/understudy/chat"
+	"github.com/understudy-ai/understudy/providers/sim"
+)
+
+// Kinds of provider.
+const (
+	KindOpenAI = "openai"
+	KindSim    = "sim"
+)
+
+// Config is one entry of the configuration's providers list, in chain order.
+type Config struct {
+	// Name identifies the provider in replies, events, metrics and logs.
+	// Required; 1-64 characters of [A-Za-z0-9_-], unique in the chain.
+	Name string `yaml:"name"`
+	// Kind is "openai" or "sim". Required.
+	Kind string `yaml:"kind"`
+	// BaseURL of the OpenAI-compatible API, up to /v1. Required for openai.
+	BaseURL string `yaml:"base_url"`
+	// Model asked for. Required for openai; for sim default "sim-<name>".
+	Model string `yaml:"model"`
+	// APIKeyEnv names the environment variable holding the API key.
+	// Optional (local vLLM or Ollama need none); when set, the variable must
+	// be set and non-empty.
+	APIKeyEnv string `yaml:"api_key_env"`
+	// Timeout bounds one attempt (connect, headers and body). Default 30s.
+	Timeout time.Duration `yaml:"timeout"`
+	// Sim shapes a provider of kind sim. Optional.
+	Sim sim.Config `yaml:"sim"`
+}
+
+// SetDefaults fills the zero fields with their defaults.
+func (c *Config) SetDefaults() {
+	if c.Timeout == 0 {
+		c.Timeout = 30 * time.Second
+	}
+	if c.Kind == KindSim && c.Model == "" {
+		c.Model = "sim-" + c.Name
+	}
+}
+
+// Validate checks one entry; key is its YAML path (providers[1]) for messages.
+func (c Config) Validate(key string) error {
+	if c.Name == "" || len(c.Name) > 64 || !chat.ValidConversationID(c.Name) {
+		return fmt.Errorf("%s.name: %q must be 1-64 characters of [A-Za-z0-9_-]", key, c.Name)
+	}
+	if c.Timeout <= 0 {
+		return fmt.Errorf("%s.timeout: must be positive, got %s", key, c.Timeout)
+	}
+	switch c.Kind {
+	case KindOpenAI:
+		u, err := url.Parse(c.BaseURL)
+		if c.BaseURL == "" || err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("%s.base_url: %q is not an http(s) URL", key, c.BaseURL)
+		}
+		if c.Model == "" {
+			return fmt.Errorf("%s.model: required for kind openai", key)
+		}
+		if c.APIKeyEnv != "" && os.Getenv(c.APIKeyEnv) == "" {
+			return fmt.Errorf("%s.api_key_env: environment variable %s is not set", key, c.APIKeyEnv)
+		}
+	case KindSim:
+		if err := c.Sim.Validate(); err != nil {
+			return fmt.Errorf("%s.%w", key, err)
+		}
+	default:
+		return fmt.Errorf("%s.kind: %q is not openai or sim", key, c.Kind)
+	}
+	return nil
+}
+
+// Built is a provider ready for the chain, with its per-attempt timeout and
+// whatever must be closed when the process stops.
+type Built struct {
+	Provider
+	Timeout time.Duration
+	// Sim is the in-process server behind a sim provider; nil otherwise.
+	Sim    *sim.Server
+	closer io.Closer
+}
+
+// Close stops what the provider started (a sim server).
+func (b *Built) Close() error {
+	if b.closer == nil {
+		return nil
+	}
+	return b.closer.Close()
+}
+
+// Build creates the provider c describes. maxConns sizes its HTTP
+// connection pool (the worker's concurrency). A sim provider starts its
+// simulated server on a free loopback port.
+func Build(c Config, maxConns int) (*Built, error) {
+	c.SetDefaults()
+	switch c.Kind {
+	case KindOpenAI:
+		key := ""
+		if c.APIKeyEnv != "" {
+			key = os.Getenv(c.APIKeyEnv)
+		}
+		return &Built{Provider: newOpenAI(c.Name, c.BaseURL, c.Model, key, maxConns), Timeout: c.Timeout}, nil
+	case KindSim:
+		cfg := c.Sim
+		if cfg.Model == "" {
+			cfg.Model = c.Model
+		}
+		srv := sim.New(cfg)
+		u, err := srv.Start("127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("provider %s: %w", c.Name, err)
+		}
+		return &Built{Provider: newOpenAI(c.Name, u, c.Model, "", maxConns), Timeout: c.Timeout, Sim: srv, closer: srv}, nil
+	}
+	return nil, errors.New("provider " + c.Name + ": unknown kind " + c.Kind)
+}

@@ -1,0 +1,115 @@
+package providers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
+
+	"github.com/understudy-ai/understudy/chat"
+)
+
+type openAI struct {
+	name, model string
+	svc         openai.ChatCompletionService
+}
+
+var _ Provider = (*openAI)(nil)
+
+// newOpenAI builds a client for an OpenAI-compatible endpoint. The SDK's
+// retries are switched off (Understudy owns retries) and the SDK's own
+// OPENAI_* environment defaults are not read: the service is built directly,
+// with only what the configuration says.
+func newOpenAI(name, baseURL, model, apiKey string, maxConns int) *openAI {
+	transport := &http.Transport{
+		Proxy:               http.ProxyFromEnvironment,
+		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        maxConns,
+		MaxIdleConnsPerHost: maxConns,
+		IdleConnTimeout:     90 * time.Second,
+		TLSHandshakeTimeout: 10 * time.Second,
+		ForceAttemptHTTP2:   true,
+	}
+	opts := []option.RequestOption{
+		option.WithBaseURL(baseURL),
+		option.WithMaxRetries(0),
+		// The per-attempt timeout comes from the context the chain passes;
+		// it covers dialing, waiting for headers and reading the body.
+		option.WithHTTPClient(&http.Client{Transport: transport}),
+	}
+	if apiKey != "" {
+		opts = append(opts, option.WithAPIKey(apiKey))
+	}
+	return &openAI{name: name, model: model, svc: openai.NewChatCompletionService(opts...)}
+}
+
+func (p *openAI) Name() string  { return p.name }
+func (p *openAI) Model() string { return p.model }
+
+func (p *openAI) Complete(ctx context.Context, req *Request) (*Response, error) {
+	params := openai.ChatCompletionNewParams{Model: p.model}
+	for _, m := range req.Messages {
+		switch m.Role {
+		case chat.RoleSystem:
+			params.Messages = append(params.Messages, openai.SystemMessage(m.Content))
+		case chat.RoleAssistant:
+			params.Messages = append(params.Messages, openai.AssistantMessage(m.Content))
+		default:
+			params.Messages = append(params.Messages, openai.UserMessage(m.Content))
+		}
+	}
+	if req.MaxTokens > 0 {
+		params.MaxTokens = openai.Int(int64(req.MaxTokens))
+	}
+	if req.Temperature != nil {
+		params.Temperature = openai.Float(*req.Temperature)
+	}
+	var raw *http.Response
+	out, err := p.svc.New(ctx, params, option.WithResponseInto(&raw))
+	if err != nil {
+		var apiErr *openai.Error
+		if errors.As(err, &apiErr) {
+			var h http.Header
+			if apiErr.Response != nil {
+				h = apiErr.Response.Header
+			}
+			return nil, ClassifyStatus(apiErr.StatusCode, h, time.Now(), err)
+		}
+		// An error status whose body the SDK cannot read as an OpenAI error
+		// (some compatible servers send {"error":"text"}) is still
+		// classified by its status: a 429 must not count as a failure.
+		if raw != nil && raw.StatusCode >= 400 && ctx.Err() == nil {
+			return nil, ClassifyStatus(raw.StatusCode, raw.Header, time.Now(), err)
+		}
+		// A success status with a body that is not JSON is malformed.
+		var syntaxErr *json.SyntaxError
+		var typeErr *json.UnmarshalTypeError
+		if raw != nil && (errors.As(err, &syntaxErr) || errors.As(err, &typeErr)) {
+			return nil, &Error{Outcome: chat.OutcomeError, StatusCode: raw.StatusCode, Err: fmt.Errorf("%w: %w", ErrMalformed, err)}
+		}
+		return nil, ClassifyTransport(ctx, err)
+	}
+	status := http.StatusOK
+	if raw != nil {
+		status = raw.StatusCode
+	}
+	if len(out.Choices) == 0 {
+		return nil, &Error{Outcome: chat.OutcomeError, StatusCode: status, Err: fmt.Errorf("%w: no choices", ErrMalformed)}
+	}
+	model := out.Model
+	if model == "" {
+		model = p.model
+	}
+	return &Response{
+		Content:    out.Choices[0].Message.Content,
+		Model:      model,
+		Usage:      chat.Usage{PromptTokens: out.Usage.PromptTokens, CompletionTokens: out.Usage.CompletionTokens},
+		StatusCode: status,
+	}, nil
+}

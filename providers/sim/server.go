@@ -1,0 +1,312 @@
+package sim
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Mode is how the server answers.
+type Mode string
+
+// Modes.
+const (
+	ModeOK           Mode = "ok"
+	ModeError        Mode = "error"        // 503
+	ModeRateLimit    Mode = "ratelimit"    // 429 with Retry-After
+	ModeHang         Mode = "hang"         // no answer until the client gives up
+	ModeGarbage      Mode = "garbage"      // 200, body not JSON
+	ModeEmpty        Mode = "empty"        // 200, JSON without choices
+	ModeReset        Mode = "reset"        // headers and half a body, then the connection is cut
+	ModeUnauthorized Mode = "unauthorized" // 401
+	ModeReject       Mode = "reject"       // 400
+)
+
+// ParseMode returns the Mode named s.
+func ParseMode(s string) (Mode, error) {
+	switch m := Mode(s); m {
+	case ModeOK, ModeError, ModeRateLimit, ModeHang, ModeGarbage, ModeEmpty, ModeReset, ModeUnauthorized, ModeReject:
+		return m, nil
+	}
+	return "", fmt.Errorf("unknown sim mode %q (ok, error, ratelimit, hang, garbage, empty, reset, unauthorized, reject)", s)
+}
+
+// UnmarshalText lets a Mode be read from YAML and flags.
+func (m *Mode) UnmarshalText(b []byte) error {
+	v, err := ParseMode(string(b))
+	if err != nil {
+		return err
+	}
+	*m = v
+	return nil
+}
+
+// Phase switches the server to Mode from After (counted from Start) for For.
+type Phase struct {
+	After time.Duration `yaml:"after"`
+	For   time.Duration `yaml:"for"`
+	Mode  Mode          `yaml:"mode"`
+}
+
+// Config shapes a simulated provider. The zero value answers at once, always.
+type Config struct {
+	// Model is reported in responses. Default "sim-1".
+	Model string `yaml:"model"`
+	// Latency is added before every answer. Default 0.
+	Latency time.Duration `yaml:"latency"`
+	// Jitter adds a uniformly random extra latency in [0, Jitter). Default 0.
+	Jitter time.Duration `yaml:"jitter"`
+	// FailureRate is the share (0..1) of requests answered with 503 while the
+	// mode is ok. Default 0.
+	FailureRate float64 `yaml:"failure_rate"`
+	// RetryAfter is sent with 429 answers, in whole seconds. Default 1s.
+	RetryAfter time.Duration `yaml:"retry_after"`
+	// Script is a list of timed phases overriding the mode. Default none.
+	Script []Phase `yaml:"script"`
+}
+
+// Validate reports the first invalid field by its YAML key (below the
+// provider's "sim" key).
+func (c Config) Validate() error {
+	for _, d := range []struct {
+		key string
+		v   time.Duration
+	}{{"latency", c.Latency}, {"jitter", c.Jitter}, {"retry_after", c.RetryAfter}} {
+		if d.v < 0 {
+			return fmt.Errorf("sim.%s: must not be negative, got %s", d.key, d.v)
+		}
+	}
+	if c.FailureRate < 0 || c.FailureRate > 1 {
+		return fmt.Errorf("sim.failure_rate: must be within [0, 1], got %v", c.FailureRate)
+	}
+	for i, p := range c.Script {
+		if _, err := ParseMode(string(p.Mode)); err != nil {
+			return fmt.Errorf("sim.script[%d].mode: %w", i, err)
+		}
+		if p.After < 0 {
+			return fmt.Errorf("sim.script[%d].after: must not be negative, got %s", i, p.After)
+		}
+		if p.For <= 0 {
+			return fmt.Errorf("sim.script[%d].for: must be positive, got %s", i, p.For)
+		}
+	}
+	return nil
+}
+
+// Server is a simulated provider. Use New, then ServeHTTP or Start.
+type Server struct {
+	cfg     Config
+	started time.Time
+	mode    atomic.Value // Mode
+	hits    atomic.Int64
+	byMode  sync.Map // Mode → *atomic.Int64
+	closing chan struct{}
+	once    sync.Once
+	httpSrv *http.Server
+	url     string
+}
+
+// New returns a server for cfg, in ModeOK, its script clock started now.
+func New(cfg Config) *Server {
+	if cfg.Model == "" {
+		cfg.Model = "sim-1"
+	}
+	if cfg.RetryAfter == 0 {
+		cfg.RetryAfter = time.Second
+	}
+	s := &Server{cfg: cfg, started: time.Now(), closing: make(chan struct{})}
+	s.mode.Store(ModeOK)
+	return s
+}
+
+// Start listens on addr ("127.0.0.1:0" for any free port) and serves until
+// Close. It returns the base URL clients use (ending in /v1).
+func (s *Server) Start(addr string) (string, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", fmt.Errorf("sim: listen %s: %w", addr, err)
+	}
+	s.httpSrv = &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = s.httpSrv.Serve(ln) }()
+	s.url = "http://" + ln.Addr().String() + "/v1"
+	return s.url, nil
+}
+
+// URL is the base URL Start returned.
+func (s *Server) URL() string { return s.url }
+
+// Close releases hanging requests and stops a started server.
+func (s *Server) Close() error {
+	s.once.Do(func() { close(s.closing) })
+	if s.httpSrv == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return s.httpSrv.Shutdown(ctx)
+}
+
+// SetMode switches how the server answers from now on (a script phase in
+// force still wins).
+func (s *Server) SetMode(m Mode) { s.mode.Store(m) }
+
+// Mode is the mode in force now.
+func (s *Server) Mode() Mode {
+	elapsed := time.Since(s.started)
+	for _, p := range s.cfg.Script {
+		if elapsed >= p.After && elapsed < p.After+p.For {
+			return p.Mode
+		}
+	}
+	return s.mode.Load().(Mode)
+}
+
+// Hits is how many chat-completion requests the server received.
+func (s *Server) Hits() int64 { return s.hits.Load() }
+
+// HitsIn is how many requests were answered in mode m.
+func (s *Server) HitsIn(m Mode) int64 {
+	if c, ok := s.byMode.Load(m); ok {
+		return c.(*atomic.Int64).Load()
+	}
+	return 0
+}
+
+type completionRequest struct {
+	Model    string `json:"model"`
+	Messages []struct {
+		Role    string `json:"role"`
+		Content string `json:"content"`
+	} `json:"messages"`
+}
+
+// ServeHTTP answers chat-completion requests.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost || !strings.HasSuffix(r.URL.Path, "/chat/completions") {
+		http.Error(w, `{"error":{"message":"not found","type":"invalid_request_error"}}`, http.StatusNotFound)
+		return
+	}
+	s.hits.Add(1)
+	mode := s.Mode()
+	if mode == ModeOK && s.cfg.FailureRate > 0 && rand.Float64() < s.cfg.FailureRate {
+		mode = ModeError
+	}
+	c, _ := s.byMode.LoadOrStore(mode, new(atomic.Int64))
+	c.(*atomic.Int64).Add(1)
+
+	var req completionRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil || len(req.Messages) == 0 {
+		writeError(w, http.StatusBadRequest, "invalid_request_error", "request body is not a chat completion request")
+		return
+	}
+	if mode == ModeHang {
+		select {
+		case <-r.Context().Done():
+		case <-s.closing:
+		}
+		return
+	}
+	if !s.wait(r.Context()) {
+		return
+	}
+	switch mode {
+	case ModeError:
+		writeError(w, http.StatusServiceUnavailable, "server_error", "simulated outage")
+	case ModeRateLimit:
+		w.Header().Set("Retry-After", strconv.Itoa(int((s.cfg.RetryAfter+time.Second-1)/time.Second)))
+		writeError(w, http.StatusTooManyRequests, "rate_limit_error", "simulated rate limit")
+	case ModeUnauthorized:
+		writeError(w, http.StatusUnauthorized, "authentication_error", "simulated bad API key")
+	case ModeReject:
+		writeError(w, http.StatusBadRequest, "invalid_request_error", "simulated rejection")
+	case ModeGarbage:
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte("<html>502 Bad Gateway</html>"))
+	case ModeEmpty:
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = fmt.Fprintf(w, `{"id":"sim","object":"chat.completion","created":%d,"model":%q,"choices":[]}`, time.Now().Unix(), s.cfg.Model)
+	case ModeReset:
+		s.reset(w)
+	default:
+		s.answer(w, req)
+	}
+}
+
+// wait sleeps the configured latency; false when the client went away.
+func (s *Server) wait(ctx context.Context) bool {
+	d := s.cfg.Latency
+	if s.cfg.Jitter > 0 {
+		d += rand.N(s.cfg.Jitter)
+	}
+	if d <= 0 {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	case <-s.closing:
+		return false
+	}
+}
+
+func (s *Server) answer(w http.ResponseWriter, req completionRequest) {
+	last := req.Messages[len(req.Messages)-1].Content
+	content := fmt.Sprintf("[%s] you said %d words", s.cfg.Model, len(strings.Fields(last)))
+	prompt := 0
+	for _, m := range req.Messages {
+		prompt += len(strings.Fields(m.Content))
+	}
+	resp := map[string]any{
+		"id":      fmt.Sprintf("sim-%d", s.hits.Load()),
+		"object":  "chat.completion",
+		"created": time.Now().Unix(),
+		"model":   s.cfg.Model,
+		"choices": []map[string]any{{
+			"index":         0,
+			"finish_reason": "stop",
+			"message":       map[string]any{"role": "assistant", "content": content},
+		}},
+		"usage": map[string]any{
+			"prompt_tokens": prompt, "completion_tokens": len(strings.Fields(content)),
+			"total_tokens": prompt + len(strings.Fields(content)),
+		},
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(resp)
+}
+
+// reset sends headers and the start of a body, then cuts the connection.
+func (s *Server) reset(w http.ResponseWriter) {
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		panic(http.ErrAbortHandler)
+	}
+	conn, buf, err := hj.Hijack()
+	if err != nil {
+		return
+	}
+	_, _ = buf.WriteString("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n{\"id\":\"sim\",\"choices\":[{\"mess")
+	_ = buf.Flush()
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0) // RST, not FIN
+	}
+	_ = conn.Close()
+}
+
+func writeError(w http.ResponseWriter, code int, typ, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{"message": msg, "type": typ, "code": nil}})
+}

@@ -1,0 +1,209 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"time"
+
+	"github.com/jpillora/backoff"
+
+	"github.com/understudy-ai/understudy/breaker"
+	"github.com/understudy-ai/understudy/chat"
+	"github.com/understudy-ai/understudy/providers"
+)
+
+// Link is one provider of the chain with its breaker.
+type Link struct {
+	Provider providers.Provider
+	// Timeout bounds one attempt.
+	Timeout time.Duration
+	Breaker *breaker.Breaker
+	// coolUntil (unix nanos) keeps a rate-limited provider out of the chain.
+	coolUntil atomic.Int64
+}
+
+func (l *Link) cooling(now time.Time) bool { return l.coolUntil.Load() > now.UnixNano() }
+
+// available reports whether a call to l could be made now.
+func (l *Link) available(now time.Time) bool {
+	return !l.cooling(now) && l.Breaker.State() != breaker.Open
+}
+
+// availableAt is when l can next be tried (now when it can be now).
+func (l *Link) availableAt(now time.Time) time.Time {
+	at := now
+	if c := l.coolUntil.Load(); c > now.UnixNano() {
+		at = time.Unix(0, c)
+	}
+	if u := l.Breaker.OpenUntil(); u.After(at) {
+		at = u
+	}
+	return at
+}
+
+// AttemptObserver hears about every attempt as it ends; err is the
+// provider's error (nil on success or when skipped).
+type AttemptObserver func(a chat.Attempt, err error)
+
+// Chain is the ordered list of providers a request walks down.
+type Chain struct {
+	links []*Link
+	retry RetryConfig
+}
+
+// NewChain returns a chain over links, in order.
+func NewChain(links []*Link, retry RetryConfig) *Chain {
+	return &Chain{links: links, retry: retry}
+}
+
+// Links returns the chain's links in order.
+func (c *Chain) Links() []*Link { return c.links }
+
+// Result is what a walk down the chain produced.
+type Result struct {
+	// Response is nil when no provider answered.
+	Response *providers.Response
+	// Index of the provider that answered in the chain (0 is the primary).
+	Index    int
+	Provider string
+	Attempts []chat.Attempt
+}
+
+// Degraded reports whether a provider other than the primary answered.
+func (r *Result) Degraded() bool { return r.Response != nil && r.Index > 0 }
+
+// NextAvailable returns when the first provider of the chain can be tried
+// again: now when one can be tried now.
+func (c *Chain) NextAvailable(now time.Time) time.Time {
+	var first time.Time
+	for _, l := range c.links {
+		at := l.availableAt(now)
+		if !at.After(now) {
+			return now
+		}
+		if first.IsZero() || at.Before(first) {
+			first = at
+		}
+	}
+	return first
+}
+
+// Run walks the chain once for req. ctx carries the request's deadline; an
+// attempt gets the smaller of its provider's timeout and a fair share of the
+// time left (the time left divided by the providers still available), so a
+// hung provider never eats the time the next one needs.
+func (c *Chain) Run(ctx context.Context, req *providers.Request, observe AttemptObserver) Result {
+	var res Result
+	bo := &backoff.Backoff{Min: c.retry.Min, Max: c.retry.Max, Factor: c.retry.Factor, Jitter: c.retry.Jitter}
+	tried := false
+	for i, l := range c.links {
+		if ctx.Err() != nil {
+			break
+		}
+		name := l.Provider.Name()
+		now := time.Now()
+		if l.cooling(now) {
+			c.record(&res, observe, chat.Attempt{Provider: name, Outcome: chat.OutcomeRateLimited}, nil)
+			continue
+		}
+		done, err := l.Breaker.Allow()
+		if err != nil {
+			c.record(&res, observe, chat.Attempt{Provider: name, Outcome: chat.OutcomeBreakerOpen}, nil)
+			continue
+		}
+		if tried && !sleep(ctx, bo.Duration()) {
+			done(breaker.Ignore)
+			break
+		}
+		tried = true
+		a, resp, err := c.attempt(ctx, l, i, req)
+		switch {
+		case err == nil:
+			done(breaker.Success)
+		case ctx.Err() != nil:
+			// The request's deadline or a shutdown cut the call short: that
+			// says nothing about the provider.
+			done(breaker.Ignore)
+		case a.Outcome == chat.OutcomeRateLimited:
+			var perr *providers.Error
+			if errors.As(err, &perr) {
+				l.coolUntil.Store(time.Now().Add(perr.RetryAfter).UnixNano())
+			}
+			done(breaker.Ignore)
+		case providers.CountsAsFailure(a.Outcome):
+			done(breaker.Failure)
+		default:
+			done(breaker.Ignore)
+		}
+		c.record(&res, observe, a, err)
+		if err == nil {
+			res.Response, res.Index, res.Provider = resp, i, name
+			return res
+		}
+	}
+	return res
+}
+
+func (c *Chain) record(res *Result, observe AttemptObserver, a chat.Attempt, err error) {
+	res.Attempts = append(res.Attempts, a)
+	if observe != nil {
+		observe(a, err)
+	}
+}
+
+// attempt makes one call to l, bounded by its budget.
+func (c *Chain) attempt(ctx context.Context, l *Link, idx int, req *providers.Request) (chat.Attempt, *providers.Response, error) {
+	budget := l.Timeout
+	if dl, ok := ctx.Deadline(); ok {
+		left := time.Until(dl)
+		share := left / time.Duration(c.availableFrom(idx))
+		if share < budget {
+			budget = share
+		}
+	}
+	actx, cancel := context.WithTimeout(ctx, budget)
+	defer cancel()
+	start := time.Now()
+	resp, err := l.Provider.Complete(actx, req)
+	a := chat.Attempt{Provider: l.Provider.Name(), LatencyMS: time.Since(start).Milliseconds()}
+	if err == nil {
+		a.Outcome, a.StatusCode = chat.OutcomeOK, resp.StatusCode
+		return a, resp, nil
+	}
+	var perr *providers.Error
+	if !errors.As(err, &perr) {
+		perr = providers.ClassifyTransport(actx, err)
+		err = perr
+	}
+	a.Outcome, a.StatusCode = perr.Outcome, perr.StatusCode
+	return a, nil, err
+}
+
+// availableFrom counts the providers from idx on that could be tried now
+// (at least 1: the one about to be called).
+func (c *Chain) availableFrom(idx int) int {
+	n := 1
+	now := time.Now()
+	for _, l := range c.links[idx+1:] {
+		if l.available(now) {
+			n++
+		}
+	}
+	return n
+}
+
+// sleep waits d or until ctx ends; false when ctx ended first.
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

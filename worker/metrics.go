@@ -1,0 +1,74 @@
+package worker
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/understudy-ai/understudy/breaker"
+)
+
+// Request results counted by understudy_requests_total.
+const (
+	resultOK        = "ok"
+	resultFailed    = "failed"
+	resultRequeued  = "requeued"
+	resultInvalid   = "invalid"
+	resultDuplicate = "duplicate"
+)
+
+// Metrics are the Prometheus collectors of a worker process.
+type Metrics struct {
+	requests       *prometheus.CounterVec
+	attempts       *prometheus.CounterVec
+	attemptSeconds *prometheus.HistogramVec
+	requestSeconds prometheus.Histogram
+	queueWait      prometheus.Histogram
+	breakerState   *prometheus.GaugeVec
+	inFlight       prometheus.Gauge
+	backlogPending prometheus.Gauge
+	backlogAck     prometheus.Gauge
+	degraded       prometheus.Counter
+	deadLetters    *prometheus.CounterVec
+	breakerChanges *prometheus.CounterVec
+}
+
+// NewMetrics creates the collectors and registers them on reg (nil: not
+// registered anywhere, for tests).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	latency := []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120}
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "understudy_requests_total",
+			Help: "Deliveries handled, by result: ok, failed, requeued, invalid, duplicate."}, []string{"result"}),
+		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "understudy_attempts_total",
+			Help: "Provider attempts by provider and outcome."}, []string{"provider", "outcome"}),
+		attemptSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "understudy_attempt_duration_seconds",
+			Help: "Duration of provider calls.", Buckets: latency}, []string{"provider"}),
+		requestSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "understudy_request_duration_seconds",
+			Help: "Processing time of answered requests (pick-up to reply).", Buckets: latency}),
+		queueWait: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "understudy_queue_wait_seconds",
+			Help: "Time from a request's publication to its pick-up.", Buckets: latency}),
+		breakerState: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "understudy_breaker_state",
+			Help: "Breaker state per provider: 0 closed, 1 open, 2 half-open."}, []string{"provider"}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{Name: "understudy_in_flight",
+			Help: "Requests being worked on by this process."}),
+		backlogPending: prometheus.NewGauge(prometheus.GaugeOpts{Name: "understudy_backlog_pending",
+			Help: "Requests in the stream not yet delivered (workers consumer num_pending)."}),
+		backlogAck: prometheus.NewGauge(prometheus.GaugeOpts{Name: "understudy_backlog_ack_pending",
+			Help: "Requests delivered and not yet acked, queued retries included (num_ack_pending)."}),
+		degraded: prometheus.NewCounter(prometheus.CounterOpts{Name: "understudy_replies_degraded_total",
+			Help: "Replies served by a provider other than the primary."}),
+		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "understudy_dead_letters_total",
+			Help: "Requests given up on, by error code."}, []string{"code"}),
+		breakerChanges: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "understudy_breaker_transitions_total",
+			Help: "Breaker transitions by provider and new state."}, []string{"provider", "to"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.requests, m.attempts, m.attemptSeconds, m.requestSeconds, m.queueWait, m.breakerState,
+			m.inFlight, m.backlogPending, m.backlogAck, m.degraded, m.deadLetters, m.breakerChanges)
+	}
+	return m
+}
+
+func (m *Metrics) breaker(t breaker.Transition) {
+	m.breakerState.WithLabelValues(t.Provider).Set(float64(t.To))
+	m.breakerChanges.WithLabelValues(t.Provider, t.To.String()).Inc()
+}

@@ -1,0 +1,201 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/understudy-ai/understudy/breaker"
+	"github.com/understudy-ai/understudy/broker"
+	"github.com/understudy-ai/understudy/chat"
+)
+
+// Broker is what the pool needs of JetStream; *broker.Broker provides it.
+type Broker interface {
+	Fetch(max int, wait time.Duration) (<-chan *broker.Delivery, func() error, error)
+	Claim(ctx context.Context, id string, seq uint64, worker string, stale time.Duration) (broker.ClaimResult, error)
+	Finish(ctx context.Context, id string, seq uint64, worker string) error
+	FindReply(ctx context.Context, conv, id string, since time.Time) (bool, error)
+	PublishReply(ctx context.Context, conv, msgID string, reply *chat.Reply) (duplicate bool, err error)
+	PublishDead(ctx context.Context, data []byte, d broker.DeadLetter) error
+	PublishEvent(ev *chat.Event, key string)
+	PublishStatus(conv string, v any)
+	Request(ctx context.Context, seq uint64) (*broker.Stored, error)
+	OnMaxDeliveries(fn func(streamSeq, deliveries uint64)) (stop func(), err error)
+	Backlog(ctx context.Context) (pending uint64, ackPending int, err error)
+	Subjects() chat.Subjects
+}
+
+var _ Broker = (*broker.Broker)(nil)
+
+// fetchWait bounds one pull: how long a pull waits for requests, and so how
+// long a stop or a change of provider availability may take to be noticed.
+const fetchWait = time.Second
+
+// Options are the pieces a Pool is built from.
+type Options struct {
+	Broker  Broker
+	Chain   *Chain
+	Config  Config
+	Metrics *Metrics // nil: a private, unregistered set
+	Log     zerolog.Logger
+	// ID names this worker process in events; default host-pid.
+	ID string
+}
+
+// Pool is one process's set of workers.
+type Pool struct {
+	b       Broker
+	chain   *Chain
+	cfg     Config
+	m       *Metrics
+	log     zerolog.Logger
+	id      string
+	subj    chat.Subjects
+	release chan struct{}
+}
+
+// New returns a pool. Wire the chain's breakers' transitions to
+// Pool.BreakerChanged so they are recorded.
+func New(o Options) *Pool {
+	if o.Metrics == nil {
+		o.Metrics = NewMetrics(nil)
+	}
+	if o.ID == "" {
+		host, _ := os.Hostname()
+		o.ID = host + "-" + strconv.Itoa(os.Getpid())
+	}
+	return &Pool{b: o.Broker, chain: o.Chain, cfg: o.Config, m: o.Metrics, log: o.Log, id: o.ID,
+		subj: o.Broker.Subjects(), release: make(chan struct{}, 1)}
+}
+
+// ID is the worker id recorded in events.
+func (p *Pool) ID() string { return p.id }
+
+// BreakerChanged records a breaker transition: metric, event and log line.
+// It is safe to call from a breaker's hook.
+func (p *Pool) BreakerChanged(t breaker.Transition) {
+	p.m.breaker(t)
+	p.b.PublishEvent(&chat.Event{Type: chat.EventBreaker, At: t.At, Worker: p.id, Provider: t.Provider,
+		From: t.From.String(), To: t.To.String()}, t.Provider)
+	p.log.Info().Str("provider", t.Provider).Str("from", t.From.String()).Str("to", t.To.String()).Msg("breaker transition")
+}
+
+// Run pulls and processes requests until ctx ends, then drains: it stops
+// pulling, lets in-flight requests finish for up to Config.ShutdownGrace,
+// and puts back whatever is still running. It returns nil after a drain.
+func (p *Pool) Run(ctx context.Context) error {
+	// In-flight work outlives ctx by the grace period; hard ends it.
+	hard, abort := context.WithCancel(context.WithoutCancel(ctx))
+	defer abort()
+
+	stopAdv, err := p.b.OnMaxDeliveries(func(seq, deliveries uint64) { p.maxDeliveries(hard, seq, deliveries) })
+	if err != nil {
+		return err
+	}
+	defer stopAdv()
+	go p.watchBacklog(ctx)
+
+	slots := make(chan struct{}, p.cfg.Concurrency)
+	var wg sync.WaitGroup
+	for ctx.Err() == nil {
+		if at := p.chain.NextAvailable(time.Now()); at.After(time.Now()) {
+			p.log.Debug().Time("until", at).Msg("no provider available; not pulling")
+			sleep(ctx, time.Until(at))
+			continue
+		}
+		free := cap(slots) - len(slots)
+		if free == 0 {
+			select {
+			case <-p.release:
+			case <-ctx.Done():
+			}
+			continue
+		}
+		msgs, batchErr, err := p.b.Fetch(free, fetchWait)
+		if err != nil {
+			p.log.Warn().Err(err).Msg("pull failed; retrying")
+			sleep(ctx, fetchWait)
+			continue
+		}
+		for d := range msgs {
+			if ctx.Err() != nil {
+				// Pulled as the drain began: give it straight back.
+				_ = d.NakWithDelay(0)
+				continue
+			}
+			slots <- struct{}{}
+			p.m.inFlight.Inc()
+			wg.Go(func() {
+				defer func() {
+					<-slots
+					p.m.inFlight.Dec()
+					select {
+					case p.release <- struct{}{}:
+					default:
+					}
+				}()
+				p.handle(hard, d)
+			})
+		}
+		if err := batchErr(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && ctx.Err() == nil {
+			p.log.Warn().Err(err).Msg("pull ended with an error")
+			sleep(ctx, fetchWait/4)
+		}
+	}
+	return p.drain(&wg, abort)
+}
+
+func (p *Pool) drain(wg *sync.WaitGroup, abort context.CancelFunc) error {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	p.log.Info().Dur("grace", p.cfg.ShutdownGrace).Msg("draining: finishing in-flight requests")
+	t := time.NewTimer(p.cfg.ShutdownGrace)
+	defer t.Stop()
+	select {
+	case <-done:
+		p.log.Info().Msg("drained")
+		return nil
+	case <-t.C:
+	}
+	p.log.Warn().Msg("shutdown grace over: putting back the requests still in flight")
+	abort()
+	<-done
+	return nil
+}
+
+// watchBacklog keeps the backlog gauges current.
+func (p *Pool) watchBacklog(ctx context.Context) {
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	for {
+		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		pending, ack, err := p.b.Backlog(qctx)
+		cancel()
+		if err == nil {
+			p.m.backlogPending.Set(float64(pending))
+			p.m.backlogAck.Set(float64(ack))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// requeueDelay is how long a request whose chain failed on its n-th
+// delivery waits: RequeueMin doubling per delivery, capped at RequeueMax.
+func (p *Pool) requeueDelay(n uint64) time.Duration {
+	d := p.cfg.RequeueMin
+	for i := uint64(1); i < n && d < p.cfg.RequeueMax; i++ {
+		d *= 2
+	}
+	return min(d, p.cfg.RequeueMax)
+}

@@ -1,0 +1,321 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/understudy-ai/understudy/broker"
+	"github.com/understudy-ai/understudy/chat"
+	"github.com/understudy-ai/understudy/providers"
+)
+
+// publishTimeout bounds each publish to JetStream on the way out.
+const publishTimeout = 10 * time.Second
+
+// handle applies SPEC §4 to one delivery. ctx ends only when the shutdown
+// grace is over.
+func (p *Pool) handle(ctx context.Context, d *broker.Delivery) {
+	start := time.Now()
+	token := p.subj.ConversationOf(d.Subject)
+	req, err := chat.DecodeRequest(d.Data, token, chat.DecodeLimits{MaxBytes: p.cfg.MaxRequestBytes})
+	if err != nil {
+		p.reject(ctx, d, &req, token, err)
+		return
+	}
+	log := p.log.With().Str("request_id", req.ID).Str("conversation_id", req.ConversationID).
+		Uint64("delivery", d.NumDelivered).Uint64("stream_seq", d.StreamSeq).Logger()
+	if d.NumDelivered == 1 {
+		p.m.queueWait.Observe(start.Sub(d.Published).Seconds())
+	}
+
+	switch res, err := p.b.Claim(ctx, req.ID, d.StreamSeq, p.id, 10*p.cfg.AckWait); {
+	case err != nil:
+		log.Warn().Err(err).Msg("cannot claim the request id; putting it back")
+		p.putBack(d, p.cfg.RequeueMin, &log)
+		return
+	case res == broker.ClaimDone:
+		p.m.requests.WithLabelValues(resultDuplicate).Inc()
+		log.Info().Msg("request id already answered; acking without a provider call")
+		_ = d.Ack()
+		return
+	case res == broker.ClaimBusy:
+		p.m.requests.WithLabelValues(resultDuplicate).Inc()
+		log.Info().Msg("same request id in flight elsewhere; looking again later")
+		p.putBack(d, p.cfg.RequeueMin, &log)
+		return
+	case res == broker.ClaimTakenOver:
+		// An earlier delivery was lost; it may have replied before dying.
+		found, err := p.b.FindReply(ctx, req.ConversationID, req.ID, d.Published)
+		if err != nil {
+			log.Warn().Err(err).Msg("cannot look for an earlier reply; putting the request back")
+			p.putBack(d, p.cfg.RequeueMin, &log)
+			return
+		}
+		if found {
+			p.finish(ctx, d, req.ID, &log)
+			p.m.requests.WithLabelValues(resultDuplicate).Inc()
+			log.Info().Msg("reply found from an earlier delivery; acking without a provider call")
+			_ = d.Ack()
+			return
+		}
+	}
+
+	deadline := req.EffectiveDeadline(d.Published, p.cfg.RequestTTL)
+	if !time.Now().Before(deadline) {
+		p.giveUp(ctx, d, &req, token, nil, chat.CodeDeadlineExceeded, "deadline passed before a provider answered", start, &log)
+		return
+	}
+
+	stop := p.keepAlive(d)
+	callCtx, cancel := context.WithDeadline(ctx, deadline)
+	preq := &providers.Request{Messages: req.Messages, MaxTokens: req.MaxTokens, Temperature: req.Temperature}
+	res := p.chain.Run(callCtx, preq, p.observer(&req, d, &log))
+	cancel()
+	stop()
+
+	switch {
+	case res.Response != nil:
+		p.answer(ctx, d, &req, &res, start, &log)
+	case ctx.Err() != nil:
+		// Shutdown grace is over: let another worker have it now.
+		log.Info().Msg("shutting down mid-request; putting it back")
+		p.putBack(d, 0, &log)
+	case !time.Now().Before(deadline):
+		p.giveUp(ctx, d, &req, token, res.Attempts, chat.CodeDeadlineExceeded, "deadline passed before a provider answered", start, &log)
+	case p.cfg.MaxDeliveries > 0 && d.NumDelivered >= uint64(p.cfg.MaxDeliveries):
+		p.giveUp(ctx, d, &req, token, res.Attempts, chat.CodeProvidersExhausted,
+			fmt.Sprintf("every provider failed on each of %d deliveries (worker.max_deliveries)", d.NumDelivered), start, &log)
+	default:
+		p.requeue(d, &req, deadline, &log)
+	}
+}
+
+// observer records each attempt: metrics, event, log.
+func (p *Pool) observer(req *chat.Request, d *broker.Delivery, log *zerolog.Logger) AttemptObserver {
+	return func(a chat.Attempt, err error) {
+		p.m.attempts.WithLabelValues(a.Provider, string(a.Outcome)).Inc()
+		if a.Outcome != chat.OutcomeBreakerOpen && a.LatencyMS > 0 || a.Outcome == chat.OutcomeOK {
+			p.m.attemptSeconds.WithLabelValues(a.Provider).Observe(float64(a.LatencyMS) / 1000)
+		}
+		p.b.PublishEvent(&chat.Event{Type: chat.EventAttempt, At: time.Now(), Worker: p.id, RequestID: req.ID,
+			ConversationID: req.ConversationID, Delivery: d.NumDelivered, StreamSeq: d.StreamSeq,
+			Provider: a.Provider, Outcome: a.Outcome, StatusCode: a.StatusCode, LatencyMS: a.LatencyMS}, req.ConversationID)
+		var perr *providers.Error
+		switch {
+		case errors.As(err, &perr) && perr.Config:
+			log.Error().Str("provider", a.Provider).Int("status_code", a.StatusCode).
+				Msg("provider refused our credentials: configuration error (check api_key_env)")
+		case err != nil:
+			log.Debug().Err(err).Str("provider", a.Provider).Str("outcome", string(a.Outcome)).Int64("latency_ms", a.LatencyMS).Msg("attempt failed")
+		}
+	}
+}
+
+// keepAlive tells JetStream the delivery is still being worked on, every
+// third of AckWait, until the returned stop is called.
+func (p *Pool) keepAlive(d *broker.Delivery) (stop func()) {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(p.cfg.AckWait / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				_ = d.InProgress()
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
+}
+
+// answer publishes the ok reply, records the id as answered and acks.
+func (p *Pool) answer(ctx context.Context, d *broker.Delivery, req *chat.Request, res *Result, start time.Time, log *zerolog.Logger) {
+	r := res.Response
+	reply := &chat.Reply{
+		ID: req.ID, ConversationID: req.ConversationID, Status: chat.StatusOK,
+		Content: r.Content, Provider: res.Provider, Model: r.Model, Degraded: res.Degraded(),
+		Attempts: res.Attempts, Usage: &chat.Usage{PromptTokens: r.Usage.PromptTokens, CompletionTokens: r.Usage.CompletionTokens},
+		Deliveries: d.NumDelivered, QueuedMS: queuedMS(d, start), LatencyMS: time.Since(start).Milliseconds(), Metadata: req.Metadata,
+	}
+	if !p.reply(ctx, d, req.ConversationID, req.ID, reply, log) {
+		return
+	}
+	p.finish(ctx, d, req.ID, log)
+	_ = d.Ack()
+	p.m.requests.WithLabelValues(resultOK).Inc()
+	p.m.requestSeconds.Observe(time.Since(start).Seconds())
+	if reply.Degraded {
+		p.m.degraded.Inc()
+	}
+	log.Debug().Str("provider", res.Provider).Bool("degraded", reply.Degraded).Int64("latency_ms", reply.LatencyMS).Msg("replied")
+}
+
+// reply publishes a reply; false (and the request put back) when it could
+// not be stored.
+func (p *Pool) reply(ctx context.Context, d *broker.Delivery, conv, msgID string, reply *chat.Reply, log *zerolog.Logger) bool {
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishTimeout)
+	defer cancel()
+	dup, err := p.b.PublishReply(pctx, conv, msgID, reply)
+	if err != nil {
+		log.Warn().Err(err).Msg("cannot store the reply; putting the request back")
+		p.putBack(d, p.cfg.RequeueMin, log)
+		return false
+	}
+	if dup {
+		log.Info().Msg("a reply with this id was already stored; the server dropped this one")
+	}
+	return true
+}
+
+func (p *Pool) finish(ctx context.Context, d *broker.Delivery, id string, log *zerolog.Logger) {
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishTimeout)
+	defer cancel()
+	if err := p.b.Finish(fctx, id, d.StreamSeq, p.id); err != nil {
+		// The reply is stored; a redelivery finds it with FindReply.
+		log.Warn().Err(err).Msg("cannot record the request as answered")
+	}
+}
+
+// requeue puts a request whose whole chain failed back on the queue, with a
+// delay growing with its deliveries, no shorter than the time until a
+// provider is available again, and no longer than its deadline.
+func (p *Pool) requeue(d *broker.Delivery, req *chat.Request, deadline time.Time, log *zerolog.Logger) {
+	now := time.Now()
+	delay := p.requeueDelay(d.NumDelivered)
+	if at := p.chain.NextAvailable(now); at.Sub(now) > delay {
+		delay = at.Sub(now)
+	}
+	if left := deadline.Sub(now); delay > left {
+		delay = left // come back when the deadline passes, to answer it
+	}
+	p.putBack(d, delay, log)
+	p.m.requests.WithLabelValues(resultRequeued).Inc()
+	p.b.PublishEvent(&chat.Event{Type: chat.EventRetry, At: now, Worker: p.id, RequestID: req.ID, ConversationID: req.ConversationID,
+		Delivery: d.NumDelivered, StreamSeq: d.StreamSeq, DelayMS: delay.Milliseconds()}, req.ConversationID)
+	p.b.PublishStatus(req.ConversationID, map[string]any{"id": req.ID, "state": "queued", "retry_in_ms": delay.Milliseconds(), "deliveries": d.NumDelivered})
+	log.Info().Dur("delay", delay).Msg("every provider failed; request queued for a retry")
+}
+
+func (p *Pool) putBack(d *broker.Delivery, delay time.Duration, log *zerolog.Logger) {
+	if err := d.NakWithDelay(delay); err != nil {
+		log.Warn().Err(err).Msg("cannot put the request back; it returns after ack_wait")
+	}
+}
+
+// giveUp answers failed, dead-letters the request and stops its redelivery.
+func (p *Pool) giveUp(ctx context.Context, d *broker.Delivery, req *chat.Request, token string, attempts []chat.Attempt,
+	code, reason string, start time.Time, log *zerolog.Logger) {
+	p.deadLetter(ctx, d.Data, req, token, d.Subject, d.NumDelivered, d.StreamSeq, attempts, code, reason, queuedMS(d, start), start, log, d)
+}
+
+// deadLetter is the one way a request is given up on: dead letter first (so
+// it is never lost), then the failed reply when the conversation is valid,
+// then the id recorded as answered, then the event; d, when not nil, is
+// terminated.
+func (p *Pool) deadLetter(ctx context.Context, data []byte, req *chat.Request, token, subject string, deliveries, seq uint64,
+	attempts []chat.Attempt, code, reason string, queued int64, start time.Time, log *zerolog.Logger, d *broker.Delivery) {
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishTimeout)
+	defer cancel()
+	validConv := chat.ValidConversationID(token)
+	deadConv := token
+	if !validConv {
+		deadConv = chat.InvalidToken
+	}
+	if err := p.b.PublishDead(pctx, data, broker.DeadLetter{Conv: deadConv, Code: code, Reason: reason, RequestID: req.ID,
+		Deliveries: deliveries, StreamSeq: seq, Subject: subject}); err != nil {
+		log.Warn().Err(err).Msg("cannot store the dead letter; putting the request back")
+		if d != nil {
+			p.putBack(d, p.cfg.RequeueMin, log)
+		}
+		return
+	}
+	if validConv {
+		msgID := req.ID
+		if msgID == "" {
+			msgID = fmt.Sprintf("invalid-%d", seq)
+		}
+		reply := &chat.Reply{ID: req.ID, ConversationID: token, Status: chat.StatusFailed, Attempts: attempts,
+			Error: &chat.ErrorBody{Code: code, Message: reason}, Deliveries: deliveries, QueuedMS: queued,
+			LatencyMS: time.Since(start).Milliseconds(), Metadata: req.Metadata}
+		if reply.Attempts == nil {
+			reply.Attempts = []chat.Attempt{}
+		}
+		if _, err := p.b.PublishReply(pctx, token, msgID, reply); err != nil {
+			log.Warn().Err(err).Msg("cannot store the failed reply; putting the request back")
+			if d != nil {
+				p.putBack(d, p.cfg.RequeueMin, log)
+			}
+			return
+		}
+	}
+	if req.ID != "" && code != chat.CodeInvalidRequest {
+		p.finish(ctx, &broker.Delivery{StreamSeq: seq}, req.ID, log)
+	}
+	if d != nil {
+		_ = d.Term(code + ": " + reason)
+	}
+	result := resultFailed
+	if code == chat.CodeInvalidRequest {
+		result = resultInvalid
+	}
+	p.m.requests.WithLabelValues(result).Inc()
+	p.m.deadLetters.WithLabelValues(code).Inc()
+	p.b.PublishEvent(&chat.Event{Type: chat.EventDead, At: time.Now(), Worker: p.id, RequestID: req.ID, ConversationID: token,
+		Delivery: deliveries, StreamSeq: seq, Code: code, Reason: reason}, deadConv)
+	log.Warn().Str("code", code).Str("reason", reason).Msg("request given up on: failed reply and dead letter")
+}
+
+// reject gives up on a request that can never be served.
+func (p *Pool) reject(ctx context.Context, d *broker.Delivery, req *chat.Request, token string, cause error) {
+	log := p.log.With().Str("request_id", req.ID).Uint64("stream_seq", d.StreamSeq).Logger()
+	if chat.ValidConversationID(token) {
+		log = log.With().Str("conversation_id", token).Logger()
+	}
+	now := time.Now()
+	p.deadLetter(ctx, d.Data, req, token, d.Subject, d.NumDelivered, d.StreamSeq, nil, chat.CodeInvalidRequest,
+		cause.Error(), queuedMS(d, now), now, &log, d)
+}
+
+// maxDeliveries gives up on a request whose deliveries ran out without a
+// worker getting to answer it (each delivery's worker died or stalled).
+func (p *Pool) maxDeliveries(ctx context.Context, seq, deliveries uint64) {
+	log := p.log.With().Uint64("stream_seq", seq).Logger()
+	rctx, cancel := context.WithTimeout(ctx, publishTimeout)
+	defer cancel()
+	m, err := p.b.Request(rctx, seq)
+	if err != nil {
+		log.Warn().Err(err).Msg("request whose deliveries ran out cannot be read")
+		return
+	}
+	token := p.subj.ConversationOf(m.Subject)
+	req, err := chat.DecodeRequest(m.Data, token, chat.DecodeLimits{MaxBytes: p.cfg.MaxRequestBytes})
+	if err != nil {
+		return // invalid requests are terminated on their first delivery
+	}
+	log = log.With().Str("request_id", req.ID).Str("conversation_id", token).Logger()
+	if res, err := p.b.Claim(rctx, req.ID, seq, p.id, 0); err == nil && res == broker.ClaimDone {
+		return
+	}
+	if found, err := p.b.FindReply(rctx, token, req.ID, m.Time); err == nil && found {
+		p.finish(ctx, &broker.Delivery{StreamSeq: seq}, req.ID, &log)
+		return
+	}
+	now := time.Now()
+	p.deadLetter(ctx, m.Data, &req, token, m.Subject, deliveries, seq, nil, chat.CodeProvidersExhausted,
+		fmt.Sprintf("deliveries ran out (%d, worker.max_deliveries) without an answer", deliveries), now.Sub(m.Time).Milliseconds(), now, &log, nil)
+}
+
+func queuedMS(d *broker.Delivery, start time.Time) int64 {
+	if d.Published.IsZero() {
+		return 0
+	}
+	return max(start.Sub(d.Published).Milliseconds(), 0)
+}
