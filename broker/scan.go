@@ -60,7 +60,9 @@ func (b *Broker) Scan(ctx context.Context, stream, filter string, since, until t
 		return nil
 	}
 	for {
-		batch, err := cons.Fetch(ScanBatch, jetstream.FetchMaxWait(2*time.Second))
+		// NoWait: the batch ends as soon as what is stored has been sent,
+		// so returning early never leaves a pull waiting on the server.
+		batch, err := cons.FetchNoWait(ScanBatch)
 		if err != nil {
 			return fmt.Errorf("scan %s: %w", stream, err)
 		}
@@ -88,7 +90,7 @@ func (b *Broker) Scan(ctx context.Context, stream, filter string, since, until t
 			return err
 		}
 		if n == 0 {
-			return nil // nothing arrived within the wait: the filter's end
+			return nil // nothing more stored under the filter
 		}
 	}
 }

@@ -31,7 +31,8 @@ type Config struct {
 	Model string `yaml:"model"`
 	// APIKeyEnv names the environment variable holding the API key.
 	// Optional (local vLLM or Ollama need none); when set, the variable must
-	// be set and non-empty.
+	// be set and non-empty when the provider is built (serve, demo), not
+	// when the file is merely read (send and replay need no keys).
 	APIKeyEnv string `yaml:"api_key_env"`
 	// Timeout bounds one attempt (connect, headers and body). Default 30s.
 	Timeout time.Duration `yaml:"timeout"`
@@ -66,9 +67,6 @@ func (c Config) Validate(key string) error {
 		if c.Model == "" {
 			return fmt.Errorf("%s.model: required for kind openai", key)
 		}
-		if c.APIKeyEnv != "" && os.Getenv(c.APIKeyEnv) == "" {
-			return fmt.Errorf("%s.api_key_env: environment variable %s is not set", key, c.APIKeyEnv)
-		}
 	case KindSim:
 		if err := c.Sim.Validate(); err != nil {
 			return fmt.Errorf("%s.%w", key, err)
@@ -79,22 +77,30 @@ func (c Config) Validate(key string) error {
 	return nil
 }
 
+// ErrMissingKey is returned by Build when a provider's api_key_env names an
+// unset variable.
+var ErrMissingKey = errors.New("missing API key")
+
 // Built is a provider ready for the chain, with its per-attempt timeout and
 // whatever must be closed when the process stops.
 type Built struct {
 	Provider
 	Timeout time.Duration
 	// Sim is the in-process server behind a sim provider; nil otherwise.
-	Sim    *sim.Server
-	closer io.Closer
+	Sim *sim.Server
 }
 
-// Close stops what the provider started (a sim server).
+// Close drops the provider's idle connections and stops what it started (a
+// sim server).
 func (b *Built) Close() error {
-	if b.closer == nil {
-		return nil
+	var errs []error
+	if c, ok := b.Provider.(io.Closer); ok {
+		errs = append(errs, c.Close())
 	}
-	return b.closer.Close()
+	if b.Sim != nil {
+		errs = append(errs, b.Sim.Close())
+	}
+	return errors.Join(errs...)
 }
 
 // Build creates the provider c describes. maxConns sizes its HTTP
@@ -106,7 +112,9 @@ func Build(c Config, maxConns int) (*Built, error) {
 	case KindOpenAI:
 		key := ""
 		if c.APIKeyEnv != "" {
-			key = os.Getenv(c.APIKeyEnv)
+			if key = os.Getenv(c.APIKeyEnv); key == "" {
+				return nil, fmt.Errorf("%w: environment variable %s (api_key_env of provider %s) is not set", ErrMissingKey, c.APIKeyEnv, c.Name)
+			}
 		}
 		return &Built{Provider: newOpenAI(c.Name, c.BaseURL, c.Model, key, maxConns), Timeout: c.Timeout}, nil
 	case KindSim:
@@ -119,7 +127,7 @@ func Build(c Config, maxConns int) (*Built, error) {
 		if err != nil {
 			return nil, fmt.Errorf("provider %s: %w", c.Name, err)
 		}
-		return &Built{Provider: newOpenAI(c.Name, u, c.Model, "", maxConns), Timeout: c.Timeout, Sim: srv, closer: srv}, nil
+		return &Built{Provider: newOpenAI(c.Name, u, c.Model, "", maxConns), Timeout: c.Timeout, Sim: srv}, nil
 	}
 	return nil, errors.New("provider " + c.Name + ": unknown kind " + c.Kind)
 }

@@ -18,6 +18,7 @@ import (
 type openAI struct {
 	name, model string
 	svc         openai.ChatCompletionService
+	transport   *http.Transport
 }
 
 var _ Provider = (*openAI)(nil)
@@ -46,7 +47,13 @@ func newOpenAI(name, baseURL, model, apiKey string, maxConns int) *openAI {
 	if apiKey != "" {
 		opts = append(opts, option.WithAPIKey(apiKey))
 	}
-	return &openAI{name: name, model: model, svc: openai.NewChatCompletionService(opts...)}
+	return &openAI{name: name, model: model, svc: openai.NewChatCompletionService(opts...), transport: transport}
+}
+
+// Close drops the idle connections of the provider's pool.
+func (p *openAI) Close() error {
+	p.transport.CloseIdleConnections()
+	return nil
 }
 
 func (p *openAI) Name() string  { return p.name }

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,6 +41,8 @@ type Service struct {
 	transitions chan breaker.Transition
 	stop        chan struct{}
 	fwdDone     chan struct{}
+	// ready is the broker once its topology is set up.
+	ready atomic.Pointer[broker.Broker]
 }
 
 // Start connects, creates the topology and builds the pool; Run then
@@ -53,22 +56,11 @@ func Start(ctx context.Context, cfg config.Config, name string, log zerolog.Logg
 			s.Close()
 		}
 	}()
-	connName := "understudy-worker"
-	if name != "" {
-		connName += "-" + name
-	}
-	s.Broker, err = broker.Connect(ctx, cfg.NATS, connName, log)
-	if err != nil {
-		return s, err
-	}
-	if err := s.setup(ctx); err != nil {
-		return s, err
-	}
 	links := make([]*worker.Link, 0, len(cfg.Providers))
-	for _, pc := range cfg.Providers {
+	for i, pc := range cfg.Providers {
 		built, err := providers.Build(pc, cfg.Worker.Concurrency)
 		if err != nil {
-			return s, err
+			return s, fmt.Errorf("providers[%d]: %w", i, err)
 		}
 		s.Providers = append(s.Providers, built)
 		b := breaker.New(pc.Name, cfg.Breaker, func(t breaker.Transition) {
@@ -80,11 +72,31 @@ func Start(ctx context.Context, cfg config.Config, name string, log zerolog.Logg
 		})
 		links = append(links, &worker.Link{Provider: built, Timeout: built.Timeout, Breaker: b})
 	}
-	s.Chain = worker.NewChain(links, cfg.Retry)
+	// Health and metrics answer from the start: a worker waiting for its
+	// NATS cluster is alive, just not ready.
 	s.Registry = prometheus.NewRegistry()
 	s.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := worker.NewMetrics(s.Registry)
+	if cfg.Metrics.Listen != "" {
+		if err := s.serveHTTP(cfg.Metrics.Listen); err != nil {
+			return s, err
+		}
+	}
+	connName := "understudy-worker"
+	if name != "" {
+		connName += "-" + name
+	}
+	s.Broker, err = broker.Connect(ctx, cfg.NATS, connName, log)
+	if err != nil {
+		return s, err
+	}
+	if err := s.setup(ctx); err != nil {
+		return s, err
+	}
+	s.ready.Store(s.Broker)
+	s.Chain = worker.NewChain(links, cfg.Retry)
 	s.Pool = worker.New(worker.Options{Broker: s.Broker, Chain: s.Chain, Config: cfg.Worker,
-		Metrics: worker.NewMetrics(s.Registry), Log: log, ID: name})
+		Metrics: metrics, Log: log, ID: name})
 	go func() {
 		defer close(s.fwdDone)
 		for {
@@ -96,11 +108,6 @@ func Start(ctx context.Context, cfg config.Config, name string, log zerolog.Logg
 			}
 		}
 	}()
-	if cfg.Metrics.Listen != "" {
-		if err := s.serveHTTP(cfg.Metrics.Listen); err != nil {
-			return s, err
-		}
-	}
 	return s, nil
 }
 
@@ -132,7 +139,7 @@ func (s *Service) serveHTTP(addr string) error {
 	mux.Handle("/metrics", promhttp.HandlerFor(s.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !s.Broker.Ready() {
+		if b := s.ready.Load(); b == nil || !b.Ready() {
 			http.Error(w, "not ready: NATS disconnected or streams not set up", http.StatusServiceUnavailable)
 			return
 		}

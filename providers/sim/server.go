@@ -3,6 +3,7 @@ package sim
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -106,6 +107,7 @@ type Server struct {
 	cfg     Config
 	started time.Time
 	mode    atomic.Value // Mode
+	latency atomic.Int64 // time.Duration
 	hits    atomic.Int64
 	byMode  sync.Map // Mode → *atomic.Int64
 	closing chan struct{}
@@ -124,6 +126,7 @@ func New(cfg Config) *Server {
 	}
 	s := &Server{cfg: cfg, started: time.Now(), closing: make(chan struct{})}
 	s.mode.Store(ModeOK)
+	s.latency.Store(int64(cfg.Latency))
 	return s
 }
 
@@ -143,20 +146,30 @@ func (s *Server) Start(addr string) (string, error) {
 // URL is the base URL Start returned.
 func (s *Server) URL() string { return s.url }
 
-// Close releases hanging requests and stops a started server.
+// Close releases hanging requests and stops a started server. Answers in
+// flight get a short grace; connections still open after it are cut (a
+// client's pooled connection that never sent a request counts as busy for
+// net/http's Shutdown for 5 seconds).
 func (s *Server) Close() error {
 	s.once.Do(func() { close(s.closing) })
 	if s.httpSrv == nil {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	return s.httpSrv.Shutdown(ctx)
+	err := s.httpSrv.Shutdown(ctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		return s.httpSrv.Close()
+	}
+	return err
 }
 
 // SetMode switches how the server answers from now on (a script phase in
 // force still wins).
 func (s *Server) SetMode(m Mode) { s.mode.Store(m) }
+
+// SetLatency changes the latency added before every answer from now on.
+func (s *Server) SetLatency(d time.Duration) { s.latency.Store(int64(d)) }
 
 // Mode is the mode in force now.
 func (s *Server) Mode() Mode {
@@ -242,7 +255,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // wait sleeps the configured latency; false when the client went away.
 func (s *Server) wait(ctx context.Context) bool {
-	d := s.cfg.Latency
+	d := time.Duration(s.latency.Load())
 	if s.cfg.Jitter > 0 {
 		d += rand.N(s.cfg.Jitter)
 	}

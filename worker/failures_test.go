@@ -1,0 +1,354 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/understudy-ai/understudy/breaker"
+	"github.com/understudy-ai/understudy/broker"
+	"github.com/understudy-ai/understudy/chat"
+	"github.com/understudy-ai/understudy/providers/sim"
+)
+
+func TestAllProvidersDownQueuesInsteadOfFailing(t *testing.T) {
+	b := newBroker(t, broker.Topology{})
+	f := newFleet(t, "deepseek", "llama")
+	for _, s := range f.sims {
+		s.SetMode(sim.ModeError)
+	}
+	s := defaultSetup()
+	s.breaker = breaker.Config{ConsecutiveFailures: 100, OpenFor: time.Hour} // keep calling
+	startPool(t, b, f, s)
+	for i := range 3 {
+		publish(t, b, "c-1", request(fmt.Sprintf("r-%d", i)), "")
+	}
+	eventually(t, 10*time.Second, "requests retried at least 3 times", func() bool {
+		return len(events(t, b, chat.EventRetry)) >= 9
+	})
+	if n := len(replies(t, b)); n != 0 {
+		t.Fatalf("%d replies while every provider was down, want 0 (requests wait)", n)
+	}
+	if n := len(stored(t, b, chat.KindDead, subj.AllDead())); n != 0 {
+		t.Fatalf("%d dead letters while requests still had time", n)
+	}
+	for _, ev := range events(t, b, chat.EventRetry) {
+		if ev.DelayMS < 100 || ev.DelayMS > 400 {
+			t.Errorf("retry delay %dms outside [requeue_min, requeue_max]", ev.DelayMS)
+		}
+	}
+	f.sim("llama").SetMode(sim.ModeOK)
+	got := waitReplies(t, b, 3)
+	for id, r := range got {
+		if r.Status != chat.StatusOK || r.Provider != "llama" || r.Deliveries < 2 {
+			t.Errorf("%s: status %s provider %s deliveries %d, want ok from llama after redeliveries", id, r.Status, r.Provider, r.Deliveries)
+		}
+	}
+}
+
+func TestRequeueDelayGrowsAndIsCapped(t *testing.T) {
+	p := &Pool{cfg: Config{RequeueMin: time.Second, RequeueMax: 10 * time.Second}}
+	for n, want := range map[uint64]time.Duration{1: time.Second, 2: 2 * time.Second, 3: 4 * time.Second, 4: 8 * time.Second, 5: 10 * time.Second, 60: 10 * time.Second} {
+		if got := p.requeueDelay(n); got != want {
+			t.Errorf("delivery %d: %s, want %s", n, got, want)
+		}
+	}
+}
+
+func TestStopsPullingWhileEveryBreakerIsOpen(t *testing.T) {
+	b := newBroker(t, broker.Topology{})
+	f := newFleet(t, "deepseek", "llama")
+	for _, s := range f.sims {
+		s.SetMode(sim.ModeError)
+	}
+	s := defaultSetup()
+	s.breaker = breaker.Config{ConsecutiveFailures: 1, OpenFor: 1500 * time.Millisecond}
+	r := startPool(t, b, f, s)
+	publish(t, b, "c-1", request("trip"), "")
+	eventually(t, 5*time.Second, "both breakers open", func() bool {
+		return r.chain.Links()[0].Breaker.State() == breaker.Open && r.chain.Links()[1].Breaker.State() == breaker.Open
+	})
+	hits := f.sim("deepseek").Hits() + f.sim("llama").Hits()
+	// The pull in progress when the breakers opened runs out; no new one
+	// is made while both are open.
+	waiting := func() int {
+		c, err := b.JetStream().Consumer(context.Background(), subj.Stream(chat.KindRequests), chat.ConsumerWorkers)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.CachedInfo().NumWaiting
+	}
+	eventually(t, 5*time.Second, "no pull request outstanding", func() bool { return waiting() == 0 })
+	for i := range 5 {
+		publish(t, b, "c-2", request(fmt.Sprintf("wait-%d", i)), "")
+	}
+	pending, _, err := b.Backlog(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pending != 5 || waiting() != 0 {
+		t.Fatalf("pending %d, pulls waiting %d after publishing 5 requests with every breaker open; want 5 and 0", pending, waiting())
+	}
+	if r.chain.Links()[0].Breaker.State() != breaker.Open {
+		t.Fatal("breaker half-opened before the check: the test's open_for is too short for this machine")
+	}
+	for _, s := range f.sims {
+		s.SetMode(sim.ModeOK)
+	}
+	got := waitReplies(t, b, 6)
+	for i := range 5 {
+		// The first delivery came after the breakers half-opened; requests
+		// that found both probes taken were put back once.
+		if r := got[fmt.Sprintf("wait-%d", i)]; r.Status != chat.StatusOK || r.Deliveries > 2 {
+			t.Errorf("wait-%d: %s after %d deliveries; want ok within 2", i, r.Status, r.Deliveries)
+		}
+	}
+	if extra := f.sim("deepseek").Hits() + f.sim("llama").Hits() - hits; extra > 6+2 {
+		t.Errorf("%d provider calls for 6 requests after recovery", extra)
+	}
+}
+
+func TestDeadlineExceededDeadLetters(t *testing.T) {
+	b := newBroker(t, broker.Topology{})
+	f := newFleet(t, "deepseek")
+	f.sim("deepseek").SetMode(sim.ModeError)
+	s := defaultSetup()
+	s.breaker.ConsecutiveFailures = 1000
+	startPool(t, b, f, s)
+
+	req := request("late")
+	req.Deadline = time.Now().Add(700 * time.Millisecond)
+	req.Metadata = json.RawMessage(`{"user":"u-7"}`)
+	publish(t, b, "c-9", req, "late")
+	past := request("already-late")
+	past.Deadline = time.Now().Add(-time.Second)
+	publish(t, b, "c-9", past, "")
+
+	got := waitReplies(t, b, 2)
+	for _, id := range []string{"late", "already-late"} {
+		r := got[id]
+		if r.Status != chat.StatusFailed || r.Error == nil || r.Error.Code != chat.CodeDeadlineExceeded {
+			t.Errorf("%s: %+v, want failed deadline_exceeded", id, r.Reply)
+		}
+	}
+	if string(got["late"].Metadata) != `{"user":"u-7"}` {
+		t.Errorf("metadata %s not echoed on the failed reply", got["late"].Metadata)
+	}
+	if got["late"].Deliveries < 2 {
+		t.Errorf("late was delivered %d times; it should have been requeued before its deadline", got["late"].Deliveries)
+	}
+	if h := f.sim("deepseek").HitsIn(sim.ModeError); h == 0 {
+		t.Error("the provider was never tried before the deadline")
+	}
+	dead := stored(t, b, chat.KindDead, subj.AllDead())
+	if len(dead) != 2 {
+		t.Fatalf("%d dead letters, want 2", len(dead))
+	}
+	for _, d := range dead {
+		if d.Subject != subj.Dead("c-9") || d.Header.Get(chat.HeaderCode) != chat.CodeDeadlineExceeded ||
+			d.Header.Get(chat.HeaderReason) == "" || d.Header.Get(chat.HeaderStreamSeq) == "" || d.Header.Get(chat.HeaderDeliveries) == "" {
+			t.Errorf("dead letter %s headers %v", d.Subject, d.Header)
+		}
+		var orig chat.Request
+		if err := json.Unmarshal(d.Data, &orig); err != nil || orig.ID != d.Header.Get(chat.HeaderRequestID) {
+			t.Errorf("dead letter body %q is not the original request (id header %q)", d.Data, d.Header.Get(chat.HeaderRequestID))
+		}
+	}
+	if n := len(events(t, b, chat.EventDead)); n != 2 {
+		t.Errorf("%d dead events, want 2", n)
+	}
+}
+
+func TestMaxDeliveriesExhaustsProviders(t *testing.T) {
+	b := newBroker(t, broker.Topology{MaxDeliveries: 3})
+	f := newFleet(t, "deepseek", "llama")
+	for _, s := range f.sims {
+		s.SetMode(sim.ModeReject) // never counts: the breaker stays closed
+	}
+	s := defaultSetup()
+	s.cfg.MaxDeliveries = 3
+	startPool(t, b, f, s)
+	publish(t, b, "c-1", request("doomed"), "")
+	got := waitReplies(t, b, 1)
+	r := got["doomed"]
+	if r.Status != chat.StatusFailed || r.Error.Code != chat.CodeProvidersExhausted || r.Deliveries != 3 {
+		t.Fatalf("%+v, want failed providers_exhausted after 3 deliveries", r.Reply)
+	}
+	if len(r.Attempts) != 2 || r.Attempts[0].Outcome != chat.OutcomeRejected {
+		t.Errorf("attempts %+v, want the last ladder's two rejections", r.Attempts)
+	}
+	if h := f.sim("deepseek").Hits(); h != 3 {
+		t.Errorf("deepseek called %d times, want once per delivery (3)", h)
+	}
+	if d := stored(t, b, chat.KindDead, subj.AllDead()); len(d) != 1 || d[0].Header.Get(chat.HeaderCode) != chat.CodeProvidersExhausted {
+		t.Errorf("dead letters %v", d)
+	}
+}
+
+func TestRateLimitSkipsProviderUntilRetryAfter(t *testing.T) {
+	b := newBroker(t, broker.Topology{})
+	f := newFleet(t, "deepseek", "llama")
+	f.sim("deepseek").SetMode(sim.ModeRateLimit) // Retry-After: 1
+	s := defaultSetup()
+	s.breaker.ConsecutiveFailures = 1
+	r := startPool(t, b, f, s)
+
+	publish(t, b, "c-1", request("r-0"), "")
+	waitReplies(t, b, 1)
+	for i := 1; i < 5; i++ {
+		publish(t, b, "c-1", request(fmt.Sprintf("r-%d", i)), "")
+	}
+	got := waitReplies(t, b, 5)
+	if a := got["r-0"].Attempts; a[0].Outcome != chat.OutcomeRateLimited || a[0].StatusCode != 429 || got["r-0"].Provider != "llama" {
+		t.Fatalf("r-0 attempts %+v, want 429 then llama", a)
+	}
+	if r.chain.Links()[0].Breaker.State() != breaker.Closed {
+		t.Fatal("a 429 tripped the breaker")
+	}
+	// Within the Retry-After second the others skip deepseek entirely.
+	if h := f.sim("deepseek").Hits(); h != 1 {
+		t.Errorf("deepseek called %d times within its Retry-After, want 1", h)
+	}
+	f.sim("deepseek").SetMode(sim.ModeOK)
+	eventually(t, 5*time.Second, "deepseek back in the chain after Retry-After", func() bool {
+		return r.chain.NextAvailable(time.Now()).IsZero() || !r.chain.Links()[0].cooling(time.Now())
+	})
+	publish(t, b, "c-1", request("after"), "")
+	if rep := waitReplies(t, b, 6)["after"]; rep.Provider != "deepseek" || rep.Degraded {
+		t.Errorf("after Retry-After served by %s, want deepseek", rep.Provider)
+	}
+}
+
+func TestOneReplyPerRequestID(t *testing.T) {
+	b := newBroker(t, broker.Topology{})
+	f := newFleet(t, "deepseek")
+	startPool(t, b, f, defaultSetup())
+
+	// Same id three times: twice without Nats-Msg-Id (two stream messages),
+	// once with it (deduplicated by the stream itself).
+	publish(t, b, "c-1", request("dup"), "")
+	waitReplies(t, b, 1)
+	publish(t, b, "c-1", request("dup"), "")
+	publish(t, b, "c-1", request("dup"), "dup")
+	publish(t, b, "c-1", request("marker"), "")
+	waitReplies(t, b, 2)
+	eventually(t, 5*time.Second, "every delivery handled", func() bool {
+		pending, ack, err := b.Backlog(context.Background())
+		return err == nil && pending == 0 && ack == 0
+	})
+	got := waitReplies(t, b, 2)
+	if got["dup"].Status != chat.StatusOK {
+		t.Fatalf("dup: %+v", got["dup"].Reply)
+	}
+	if h := f.sim("deepseek").Hits(); h != 2 {
+		t.Errorf("provider called %d times for 2 distinct ids, want 2", h)
+	}
+}
+
+// dyingBroker publishes replies, then "dies": it blocks before the claim
+// is recorded and the delivery acked, like a worker killed at that instant.
+type dyingBroker struct {
+	Broker
+	replied atomic.Int32
+	release chan struct{}
+}
+
+func (d *dyingBroker) PublishReply(ctx context.Context, conv, msgID string, r *chat.Reply) (bool, error) {
+	dup, err := d.Broker.PublishReply(ctx, conv, msgID, r)
+	d.replied.Add(1)
+	<-d.release
+	return dup, err
+}
+
+func TestRedeliveryAfterReplyBeforeAckCallsNoProvider(t *testing.T) {
+	b := newBroker(t, broker.Topology{AckWait: time.Second})
+	f := newFleet(t, "deepseek")
+	s := defaultSetup()
+	s.cfg.AckWait = time.Second
+	dying := &dyingBroker{Broker: b, release: make(chan struct{})}
+	defer close(dying.release)
+	first := startPool(t, dying, f, s)
+	publish(t, b, "c-1", request("once"), "")
+	eventually(t, 5*time.Second, "the first worker to publish its reply", func() bool { return dying.replied.Load() == 1 })
+
+	// A healthy worker gets the redelivery once ack_wait has passed.
+	startPool(t, b, f, s)
+	eventually(t, 10*time.Second, "the redelivery to be acked", func() bool {
+		_, ack, err := b.Backlog(context.Background())
+		return err == nil && ack == 0
+	})
+	if got := waitReplies(t, b, 1); got["once"].Provider != "deepseek" {
+		t.Fatalf("reply %+v", got["once"].Reply)
+	}
+	if h := f.sim("deepseek").Hits(); h != 1 {
+		t.Errorf("provider called %d times, want 1: the redelivered request was already answered", h)
+	}
+	_ = first
+}
+
+func TestBadInputIsAnsweredAndDeadLettered(t *testing.T) {
+	long := strings.Repeat("x", 129)
+	tests := []struct {
+		name    string
+		conv    string
+		body    string
+		replyID string // "" with a valid conv: reply carries id ""
+		replied bool
+	}{
+		{"not json", "c-1", `{"id": "a", `, "", true},
+		{"missing id", "c-1", `{"messages":[{"role":"user","content":"hi"}]}`, "", true},
+		{"empty messages", "c-1", `{"id":"em","messages":[]}`, "em", true},
+		{"messages not a list", "c-1", `{"id":"ml","messages":"hi"}`, "ml", true},
+		{"unknown role", "c-1", `{"id":"ro","messages":[{"role":"tool","content":"hi"}]}`, "ro", true},
+		{"mismatched conversation", "c-1", `{"id":"mm","conversation_id":"c-2","messages":[{"role":"user","content":"hi"}]}`, "mm", true},
+		{"conversation id too long", long, `{"id":"tl","messages":[{"role":"user","content":"hi"}]}`, "", false},
+		{"oversized payload", "c-1", `{"id":"big","messages":[{"role":"user","content":"` + strings.Repeat("a", 2000) + `"}]}`, "big", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := newBroker(t, broker.Topology{})
+			f := newFleet(t, "deepseek")
+			s := defaultSetup()
+			s.cfg.MaxRequestBytes = 1024
+			startPool(t, b, f, s)
+			publish(t, b, tt.conv, tt.body, "")
+			eventually(t, 10*time.Second, "dead letter", func() bool { return len(stored(t, b, chat.KindDead, subj.AllDead())) == 1 })
+			dead := stored(t, b, chat.KindDead, subj.AllDead())[0]
+			wantDead := subj.Dead(tt.conv)
+			if !tt.replied {
+				wantDead = subj.Dead(chat.InvalidToken)
+			}
+			if dead.Subject != wantDead || string(dead.Data) != tt.body || dead.Header.Get(chat.HeaderCode) != chat.CodeInvalidRequest {
+				t.Errorf("dead letter on %s code %q body %q", dead.Subject, dead.Header.Get(chat.HeaderCode), dead.Data)
+			}
+			if tt.replied {
+				got := waitReplies(t, b, 1)
+				var r storedReply
+				for _, v := range got {
+					r = v
+				}
+				if r.Status != chat.StatusFailed || r.Error.Code != chat.CodeInvalidRequest || r.ID != tt.replyID || r.Subject != subj.Reply(tt.conv) {
+					t.Errorf("reply %+v on %s, want failed invalid_request with id %q", r.Reply, r.Subject, tt.replyID)
+				}
+				if tt.replyID == "" && r.MsgID != "invalid-1" {
+					t.Errorf("Nats-Msg-Id %q, want invalid-1", r.MsgID)
+				}
+			} else {
+				eventually(t, 5*time.Second, "terminated", func() bool {
+					_, ack, err := b.Backlog(context.Background())
+					return err == nil && ack == 0
+				})
+				if n := len(replies(t, b)); n != 0 {
+					t.Errorf("%d replies for an invalid conversation id, want none", n)
+				}
+			}
+			if h := f.sim("deepseek").Hits(); h != 0 {
+				t.Errorf("provider called %d times for bad input", h)
+			}
+		})
+	}
+}
