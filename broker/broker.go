@@ -208,3 +208,15 @@ func (b *Broker) shutdownServer() {
 		b.srv.WaitForShutdown()
 	}
 }
+
+// WaitConnected waits until the connection is up, or ctx ends.
+func (b *Broker) WaitConnected(ctx context.Context) error {
+	for !b.nc.IsConnected() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("cannot reach NATS at %s: %w", redact(b.nc.Opts.Servers[0]), ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil
+}

@@ -39,7 +39,12 @@ func DecodeRequest(data []byte, subjectConv string, lim DecodeLimits) (Request, 
 		req = Request{ID: peekID(data)}
 		return req, fmt.Errorf("%w: body is not a JSON request: %v", ErrInvalid, err)
 	}
-	if dec.More() {
+	// An id that is too long is never echoed, whatever else is wrong.
+	if n := utf8.RuneCountInString(req.ID); n > MaxIDLen {
+		req.ID = ""
+		return req, fmt.Errorf("%w: id is %d characters long, the limit is %d", ErrInvalid, n, MaxIDLen)
+	}
+	if len(bytes.TrimSpace(data[dec.InputOffset():])) > 0 {
 		return req, fmt.Errorf("%w: trailing data after the JSON object", ErrInvalid)
 	}
 	if !ValidConversationID(subjectConv) {
@@ -47,11 +52,6 @@ func DecodeRequest(data []byte, subjectConv string, lim DecodeLimits) (Request, 
 	}
 	if req.ID == "" {
 		return req, fmt.Errorf("%w: id is missing", ErrInvalid)
-	}
-	if len(req.ID) > MaxIDLen {
-		id := req.ID
-		req.ID = ""
-		return req, fmt.Errorf("%w: id is %d bytes long, the limit is %d", ErrInvalid, len(id), MaxIDLen)
 	}
 	if req.ConversationID != "" && req.ConversationID != subjectConv {
 		return req, fmt.Errorf("%w: conversation_id %q differs from the subject's %q", ErrInvalid, req.ConversationID, subjectConv)
@@ -86,7 +86,7 @@ func peekID(data []byte) string {
 		return ""
 	}
 	var id string
-	if json.Unmarshal(probe.ID, &id) != nil || len(id) > MaxIDLen {
+	if json.Unmarshal(probe.ID, &id) != nil || utf8.RuneCountInString(id) > MaxIDLen {
 		return ""
 	}
 	return id

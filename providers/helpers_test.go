@@ -122,18 +122,6 @@ func asError(t *testing.T, err error) *providers.Error {
 // client goes away.
 func drain(r *http.Request) { _, _ = io.Copy(io.Discard, r.Body) }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 const okBody = `{"id":"c-1","object":"chat.completion","created":1700000000,"model":"served-model",` +
 	`"choices":[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":"hi back"}}],` +
 	`"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}`

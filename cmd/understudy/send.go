@@ -63,6 +63,13 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitNoReply
 	}
 	defer b.Close()
+	wctx, cancel := context.WithTimeout(ctx, min(*timeout, 5*time.Second))
+	err = b.WaitConnected(wctx)
+	cancel()
+	if err != nil {
+		fmt.Fprintf(stderr, "understudy send: %v (is `understudy serve` running, or nats.url set?)\n", err)
+		return exitNoReply
+	}
 
 	req := chat.Request{ID: *id, ConversationID: *conv, Deadline: time.Now().Add(*timeout).UTC()}
 	if *system != "" {

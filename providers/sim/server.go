@@ -40,16 +40,6 @@ func ParseMode(s string) (Mode, error) {
 	return "", fmt.Errorf("unknown sim mode %q (ok, error, ratelimit, hang, garbage, empty, reset, unauthorized, reject)", s)
 }
 
-// UnmarshalText lets a Mode be read from YAML and flags.
-func (m *Mode) UnmarshalText(b []byte) error {
-	v, err := ParseMode(string(b))
-	if err != nil {
-		return err
-	}
-	*m = v
-	return nil
-}
-
 // Phase switches the server to Mode from After (counted from Start) for For.
 type Phase struct {
 	After time.Duration `yaml:"after"`
