@@ -203,6 +203,7 @@ func demoFinish(ctx context.Context, o demoOptions, svc *service.Service, subj c
 	stored := map[string]int{}
 	sctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
+	svc.Broker.FlushEvents(sctx) // the report reads them
 	err := svc.Broker.Scan(sctx, subj.Stream(chat.KindReplies), subj.AllReplies(), time.Time{}, time.Time{}, func(s *broker.Stored) error {
 		stored[s.Header.Get(chat.HeaderMsgID)]++
 		return nil
@@ -231,7 +232,7 @@ func demoFinish(ctx context.Context, o demoOptions, svc *service.Service, subj c
 		len(ids), len(stored), missing, doubled, t.byProviderString(), t.failedCount(),
 		svc.Providers[0].Sim.Hits(), svc.Providers[1].Sim.Hits(), svc.Providers[2].Sim.Hits())
 	if o.report != "none" {
-		if err := demoReport(ctx, svc, subj, o.report, stdout); err != nil {
+		if err := demoReport(ctx, svc.Broker, subj, o.report, stdout); err != nil {
 			fmt.Fprintf(stderr, "understudy demo: replay report: %v\n", err)
 			return exitFailed
 		}

@@ -4,16 +4,159 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"time"
 
+	"github.com/understudy-ai/understudy/broker"
 	"github.com/understudy-ai/understudy/chat"
-	"github.com/understudy-ai/understudy/service"
+	"github.com/understudy-ai/understudy/replay"
 )
 
 func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fmt.Fprintln(stderr, "understudy replay: not built yet")
-	return exitFailed
+	fs, cfgPath := newFlags("replay", stderr)
+	since := fs.String("since", "", "start of the window: RFC 3339 time or a duration ago (1h, 30m, 7d); default: everything stored")
+	until := fs.String("until", "", "end of the window: RFC 3339 time or a duration ago (default: now)")
+	conv := fs.String("conversation", "", "only this conversation")
+	format := fs.String("format", "text", "text, json or html")
+	out := fs.String("out", "", "write the report to FILE instead of stdout")
+	quiet := fs.Bool("quiet", false, "no progress on stderr")
+	redrive := fs.Bool("redrive", false, "republish the window's requests under --prefix instead of reporting")
+	prefix := fs.String("prefix", "", "with --redrive: the subject prefix to republish to (e.g. shadow)")
+	compare := fs.String("compare", "", "compare the window with the same window under another prefix (a redrive's shadow run)")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	now := time.Now()
+	var opt replay.Options
+	var err error
+	if *since != "" {
+		if opt.Since, err = replay.ParseWhen(*since, now); err != nil {
+			fmt.Fprintf(stderr, "understudy replay: --since: %v\n", err)
+			return exitUsage
+		}
+	}
+	if *until != "" {
+		if opt.Until, err = replay.ParseWhen(*until, now); err != nil {
+			fmt.Fprintf(stderr, "understudy replay: --until: %v\n", err)
+			return exitUsage
+		}
+	}
+	opt.Conversation = *conv
+	if !*quiet {
+		opt.Progress = stderr
+	}
+	if err := opt.Validate(now); err != nil {
+		fmt.Fprintf(stderr, "understudy replay: %v\n", err)
+		return exitUsage
+	}
+	switch *format {
+	case "text", "json", "html":
+	default:
+		fmt.Fprintf(stderr, "understudy replay: --format %q: want text, json or html\n", *format)
+		return exitUsage
+	}
+	if *redrive && *prefix == "" {
+		fmt.Fprintln(stderr, "understudy replay: --redrive needs --prefix")
+		return exitUsage
+	}
+	other := *prefix
+	if *compare != "" {
+		other = *compare
+	}
+	var to chat.Subjects
+	if other != "" {
+		if to, err = chat.NewSubjects(other); err != nil {
+			fmt.Fprintf(stderr, "understudy replay: --prefix: %v\n", err)
+			return exitUsage
+		}
+	}
+	cfg, ok := loadConfig(*cfgPath, stderr)
+	if !ok {
+		return exitUsage
+	}
+	b, code := dial(ctx, cfg.NATS, "understudy-replay", 5*time.Second, stderr)
+	if b == nil {
+		return code
+	}
+	defer b.Close()
+	subj := cfg.SubjectScheme()
+
+	if *redrive {
+		// The target's streams must exist before anything is published there.
+		if err := b.Setup(ctx, broker.Topology{Subjects: to, Replicas: cfg.Streams.Replicas, RequestsMaxAge: cfg.Streams.RequestsMaxAge,
+			AckWait: cfg.Worker.AckWait, MaxDeliveries: cfg.Worker.MaxDeliveries}); err != nil {
+			fmt.Fprintf(stderr, "understudy replay: %v\n", err)
+			return exitFailed
+		}
+		n, err := replay.Redrive(ctx, b, b, subj, to, opt)
+		if err != nil {
+			fmt.Fprintf(stderr, "understudy replay: redrive: %v\n", err)
+			return exitFailed
+		}
+		fmt.Fprintf(stdout, "republished %d requests to %s; run a worker pool with subjects.prefix: %s, then: understudy replay --compare %s\n",
+			n, to.AllRequests(), to.Prefix(), to.Prefix())
+		return exitOK
+	}
+
+	w := stdout
+	if *out != "" {
+		f, err := os.Create(*out)
+		if err != nil {
+			fmt.Fprintf(stderr, "understudy replay: %v\n", err)
+			return exitFailed
+		}
+		defer f.Close()
+		w = f
+	}
+	rep, err := replay.Build(ctx, b, subj, opt)
+	if err != nil {
+		fmt.Fprintf(stderr, "understudy replay: %v\n", err)
+		return exitFailed
+	}
+	if *compare != "" {
+		shadow, err := replay.Build(ctx, b, to, opt)
+		if err != nil {
+			fmt.Fprintf(stderr, "understudy replay: %s: %v\n", to.Prefix(), err)
+			return exitFailed
+		}
+		c := replay.Compare(rep, shadow)
+		if *format == "json" {
+			err = c.WriteJSON(w)
+		} else {
+			err = c.WriteText(w)
+		}
+		return reportWritten(err, *out, stdout, stderr)
+	}
+	return reportWritten(writeReport(rep, *format, w), *out, stdout, stderr)
 }
 
-func demoReport(ctx context.Context, svc *service.Service, subj chat.Subjects, format string, w io.Writer) error {
-	return nil
+func writeReport(rep *replay.Report, format string, w io.Writer) error {
+	switch format {
+	case "json":
+		return rep.WriteJSON(w)
+	case "html":
+		return rep.WriteHTML(w)
+	}
+	return rep.WriteText(w)
+}
+
+func reportWritten(err error, out string, stdout, stderr io.Writer) int {
+	if err != nil {
+		fmt.Fprintf(stderr, "understudy replay: writing the report: %v\n", err)
+		return exitFailed
+	}
+	if out != "" {
+		fmt.Fprintf(stdout, "report written to %s\n", out)
+	}
+	return exitOK
+}
+
+// demoReport prints the replay report of the demo's own run.
+func demoReport(ctx context.Context, b *broker.Broker, subj chat.Subjects, format string, w io.Writer) error {
+	rep, err := replay.Build(ctx, b, subj, replay.Options{})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	return writeReport(rep, format, w)
 }

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/rs/zerolog"
 
 	"github.com/understudy-ai/understudy/broker"
 	"github.com/understudy-ai/understudy/chat"
@@ -51,25 +50,12 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return exitUsage
 	}
-	natsCfg := cfg.NATS
-	if natsCfg.URL == "" {
-		// The embedded server of a local `understudy serve`.
-		natsCfg.URL = "nats://" + natsCfg.Listen
-	}
 	subj := cfg.SubjectScheme()
-	b, err := broker.Connect(ctx, natsCfg, "understudy-send", zerolog.Nop())
-	if err != nil {
-		fmt.Fprintf(stderr, "understudy send: %v\n", err)
-		return exitNoReply
+	b, code := dial(ctx, cfg.NATS, "understudy-send", min(*timeout, 5*time.Second), stderr)
+	if b == nil {
+		return code
 	}
 	defer b.Close()
-	wctx, cancel := context.WithTimeout(ctx, min(*timeout, 5*time.Second))
-	err = b.WaitConnected(wctx)
-	cancel()
-	if err != nil {
-		fmt.Fprintf(stderr, "understudy send: %v (is `understudy serve` running, or nats.url set?)\n", err)
-		return exitNoReply
-	}
 
 	req := chat.Request{ID: *id, ConversationID: *conv, Deadline: time.Now().Add(*timeout).UTC()}
 	if *system != "" {

@@ -1,0 +1,669 @@
+package replay
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/understudy-ai/understudy/broker"
+	"github.com/understudy-ai/understudy/chat"
+)
+
+// Report is an incident report over a window of requests. The JSON keys of
+// SPEC §7 come first; the others are extras.
+type Report struct {
+	// Requests is the number of distinct requests (by id; by stream
+	// sequence for those whose id cannot be read) stored in the window.
+	Requests int `json:"requests"`
+	// OK and Failed count the requests of the window answered with an ok or
+	// a failed reply.
+	OK     int `json:"ok"`
+	Failed int `json:"failed"`
+	// Unanswered counts the requests of the window with neither a reply nor
+	// a dead letter (still queued, or lost).
+	Unanswered int `json:"unanswered"`
+	// DeadLetters counts the requests of the window that were dead-lettered.
+	DeadLetters int `json:"dead_letters"`
+	// Degraded counts the ok replies served by a provider other than the
+	// first of the chain.
+	Degraded int `json:"degraded"`
+	// ByProvider is how many ok replies each provider served.
+	ByProvider map[string]int `json:"by_provider"`
+	// Attempts counts the provider attempts made for the window's requests,
+	// by provider and outcome.
+	Attempts map[string]map[chat.Outcome]int `json:"attempts"`
+	// BreakerTransitions lists every breaker state change in the window,
+	// by time.
+	BreakerTransitions []Transition `json:"breaker_transitions"`
+	// LatencyMS is the end-to-end latency of the answered requests: reply
+	// stored time minus request stored time.
+	LatencyMS Latency `json:"latency_ms"`
+	// Timeline has one entry per minute, from the first minute with a
+	// request, a retry or a breaker transition to the last.
+	Timeline []Minute `json:"timeline"`
+
+	// Since and Until are the window; Since is omitted when it was open.
+	Since time.Time `json:"since,omitzero"`
+	Until time.Time `json:"until"`
+	// Conversation is the conversation the report is restricted to, if any.
+	Conversation string `json:"conversation,omitempty"`
+	// Retries counts the queued retries (the whole chain failed, the
+	// request went back to the queue) of the window's requests.
+	Retries int `json:"retries"`
+	// FailedByCode counts the failed replies by error code.
+	FailedByCode map[string]int `json:"failed_by_code"`
+	// BreakerOpen lists the periods in which a provider's breaker was not
+	// closed (open or half-open) on at least one worker, overlapping the
+	// window. To is omitted when it was still open at the end of the trail.
+	BreakerOpen []OpenPeriod `json:"breaker_open"`
+	// DuplicateRequests counts request messages of the window whose id was
+	// already seen in it (the same request published twice).
+	DuplicateRequests int `json:"duplicate_requests"`
+	// DuplicateReplies counts replies beyond the first for one request id;
+	// Understudy promises 0.
+	DuplicateReplies int `json:"duplicate_replies"`
+
+	// outcomes is what happened to each request id, for Compare; nil in a
+	// report read back from JSON. names resolves their reqState.what.
+	outcomes map[string]reqState
+	names    []string
+}
+
+// Transition is one change of a provider's breaker state, as a worker
+// recorded it.
+type Transition struct {
+	At       time.Time `json:"at"`
+	Provider string    `json:"provider"`
+	// From and To are "closed", "open" or "half-open".
+	From string `json:"from"`
+	To   string `json:"to"`
+	// Worker is the worker process whose breaker changed.
+	Worker string `json:"worker,omitempty"`
+}
+
+// OpenPeriod is a time in which a provider's breaker was open or half-open
+// on at least one worker.
+type OpenPeriod struct {
+	Provider string    `json:"provider"`
+	From     time.Time `json:"from"`
+	To       time.Time `json:"to,omitzero"`
+}
+
+// Latency holds percentiles in milliseconds (nearest rank); all zero when
+// nothing was answered.
+type Latency struct {
+	P50 int64 `json:"p50"`
+	P90 int64 `json:"p90"`
+	P99 int64 `json:"p99"`
+	Max int64 `json:"max"`
+}
+
+// Minute is one minute of the timeline. The requests stored in the minute
+// are split by what became of them: OK by provider, Failed (a failed reply
+// or a dead letter), Unanswered.
+type Minute struct {
+	Start      time.Time      `json:"start"`
+	Requests   int            `json:"requests"`
+	OK         map[string]int `json:"ok"`
+	Failed     int            `json:"failed"`
+	Unanswered int            `json:"unanswered"`
+	// Retries counts the queued retries that happened in the minute.
+	Retries int `json:"retries"`
+	// BreakerOpen lists the providers whose breaker was open or half-open
+	// at some time in the minute.
+	BreakerOpen []string `json:"breaker_open"`
+}
+
+// Breaker states as events name them.
+const (
+	stateClosed   = "closed"
+	stateOpen     = "open"
+	stateHalfOpen = "half-open"
+)
+
+// Request outcomes kept per id.
+const (
+	statusNone uint8 = iota
+	statusOK
+	statusFailed
+)
+
+// reqState is everything kept about one request of the window: 32 bytes.
+type reqState struct {
+	at      int64  // request stored, Unix ns
+	replyAt int64  // reply stored, Unix ns; 0 without reply
+	seq     uint64 // stream sequence of the request
+	// what is the serving provider of an ok reply, the error code of a
+	// failed one: an index in builder.names.
+	what     uint16
+	status   uint8
+	degraded bool
+	dead     bool
+}
+
+// maxNames bounds the distinct providers and error codes told apart; more
+// are counted under otherName.
+const (
+	maxNames  = 1 << 16
+	otherName = "(other)"
+)
+
+// replyInfo is the part of a reply a report reads.
+type replyInfo struct {
+	ID       string `json:"id"`
+	Status   string `json:"status"`
+	Provider string `json:"provider"`
+	Degraded bool   `json:"degraded"`
+	Error    *struct {
+		Code string `json:"code"`
+	} `json:"error"`
+	stored int64
+}
+
+// breakerState is a breaker's state and, when not closed, since when.
+type breakerState struct {
+	state     string
+	openSince time.Time
+}
+
+type breakerEvent struct {
+	at       time.Time
+	stored   time.Time
+	provider string
+	worker   string
+	from, to string
+}
+
+// builder accumulates a report while the streams are read.
+type builder struct {
+	subj chat.Subjects
+	opt  Options
+
+	reqs    map[string]reqState
+	strings map[string]string // interned providers, codes, outcomes
+	names   []string          // reqState.what → provider or code
+	nameIdx map[string]uint16
+
+	pendingReplies map[uint64]replyInfo // replies to invalid-<seq> not found by key
+	pendingDead    map[uint64]bool      // dead letters found by sequence only
+
+	attempts     map[string]map[chat.Outcome]int
+	retries      int
+	retryMinutes map[int64]int // minute (Unix s) → retries
+	dupRequests  int
+	dupReplies   int
+
+	breakerInitial map[string]breakerState // provider\x00worker → state at Since
+	breakers       []breakerEvent
+}
+
+// Build reads the window's requests, their replies, dead letters and events,
+// and the breaker transitions, and summarises them. Requests are selected by
+// the time they were stored, in [opt.Since, opt.Until); replies, events and
+// dead letters are read up to ReplySlack after Until and matched to the
+// requests by id. Memory grows with the number of requests in the window (a
+// few words each), never with their size.
+func Build(ctx context.Context, src Source, subj chat.Subjects, opt Options) (*Report, error) {
+	if src == nil {
+		return nil, fmt.Errorf("%w: nil Source", ErrInvalidOption)
+	}
+	if err := checkSubjects("source", subj); err != nil {
+		return nil, err
+	}
+	opt, err := opt.normalize(time.Now())
+	if err != nil {
+		return nil, err
+	}
+	b := &builder{
+		subj: subj, opt: opt,
+		reqs:           make(map[string]reqState),
+		strings:        make(map[string]string),
+		nameIdx:        make(map[string]uint16),
+		pendingReplies: make(map[uint64]replyInfo),
+		pendingDead:    make(map[uint64]bool),
+		attempts:       make(map[string]map[chat.Outcome]int),
+		retryMinutes:   make(map[int64]int),
+		breakerInitial: make(map[string]breakerState),
+	}
+	prog := newProgress(opt.Progress, "reading", "read")
+	conv := opt.Conversation
+	late := opt.Until.Add(ReplySlack)
+	scans := []struct {
+		kind, filter string
+		since, until time.Time
+		fn           func(*broker.Stored) error
+		needRequests bool
+	}{
+		{chat.KindRequests, pick(conv == "", subj.AllRequests(), subj.Request(conv)), opt.Since, opt.Until, b.request, false},
+		{chat.KindReplies, pick(conv == "", subj.AllReplies(), subj.Reply(conv)), opt.Since, late, b.reply, true},
+		{chat.KindDead, pick(conv == "", subj.AllDead(), subj.Dead(conv)), opt.Since, late, b.dead, true},
+		// Attempt and retry events name the conversation in their subject.
+		{chat.KindEvents, pick(conv == "", subj.AllEvents(), subj.Event("*", conv)), opt.Since, late, b.event, true},
+		// Breaker events from the start, to know each breaker's state at Since.
+		{chat.KindEvents, subj.Event(chat.EventBreaker, "*"), time.Time{}, late, b.breaker, false},
+	}
+	for _, s := range scans {
+		if s.needRequests && len(b.reqs) == 0 {
+			continue
+		}
+		stream := subj.Stream(s.kind)
+		prog.begin(stream)
+		err := src.Scan(ctx, stream, s.filter, s.since, s.until, func(m *broker.Stored) error {
+			prog.tick()
+			return s.fn(m)
+		})
+		if err != nil {
+			prog.end("interrupted")
+			return nil, fmt.Errorf("replay: read %s: %w", stream, err)
+		}
+	}
+	r := b.report()
+	prog.end(fmt.Sprintf("%d requests in the window", r.Requests))
+	return r, nil
+}
+
+func pick(cond bool, a, b string) string {
+	if cond {
+		return a
+	}
+	return b
+}
+
+func (b *builder) intern(s string) string {
+	if v, ok := b.strings[s]; ok {
+		return v
+	}
+	s = strings.Clone(s)
+	b.strings[s] = s
+	return s
+}
+
+// name returns the index of a provider or error code in b.names.
+func (b *builder) name(s string) uint16 {
+	if i, ok := b.nameIdx[s]; ok {
+		return i
+	}
+	if len(b.names) == maxNames-1 {
+		s = otherName
+		if i, ok := b.nameIdx[s]; ok {
+			return i
+		}
+	}
+	i := uint16(len(b.names))
+	s = strings.Clone(s)
+	b.names = append(b.names, s)
+	b.nameIdx[s] = i
+	return i
+}
+
+func invalidKey(seq uint64) string { return "invalid-" + strconv.FormatUint(seq, 10) }
+
+// request records one request, keyed by its id as the worker reads it (the
+// invalid-<seq> of its reply when the id cannot be read).
+func (b *builder) request(m *broker.Stored) error {
+	key := requestID(m.Data, b.subj.ConversationOf(m.Subject))
+	if key == "" {
+		key = invalidKey(m.Seq)
+	}
+	if _, dup := b.reqs[key]; dup {
+		b.dupRequests++
+		return nil
+	}
+	b.reqs[key] = reqState{at: m.Time.UnixNano(), seq: m.Seq}
+	return nil
+}
+
+// requestID is the id chat.DecodeRequest reads from a request ("" when it
+// cannot), without decoding the messages when the payload is well formed.
+func requestID(data []byte, conv string) string {
+	if !utf8.Valid(data) {
+		return ""
+	}
+	var probe struct {
+		ID json.RawMessage `json:"id"`
+	}
+	if json.Unmarshal(data, &probe) != nil {
+		req, _ := chat.DecodeRequest(data, conv, chat.DecodeLimits{})
+		return req.ID
+	}
+	var id string
+	if json.Unmarshal(probe.ID, &id) != nil || len(id) > chat.MaxIDLen {
+		return ""
+	}
+	return id
+}
+
+func (b *builder) reply(m *broker.Stored) error {
+	var r replyInfo
+	if json.Unmarshal(m.Data, &r) != nil {
+		return nil // not a reply Understudy wrote: nothing to match it with
+	}
+	r.stored = m.Time.UnixNano()
+	key := m.Header.Get(chat.HeaderMsgID)
+	if key == "" {
+		key = r.ID
+	}
+	if st, ok := b.reqs[key]; ok {
+		b.applyReply(&st, r)
+		b.reqs[key] = st
+		return nil
+	}
+	// The worker could not read an id the report could, or the other way
+	// round: match by the stream sequence once every reply is read.
+	if s, ok := strings.CutPrefix(key, "invalid-"); ok {
+		if seq, err := strconv.ParseUint(s, 10, 64); err == nil {
+			if _, dup := b.pendingReplies[seq]; dup {
+				b.dupReplies++
+			} else {
+				b.pendingReplies[seq] = r
+			}
+		}
+	}
+	return nil
+}
+
+func (b *builder) applyReply(st *reqState, r replyInfo) {
+	if st.status != statusNone {
+		b.dupReplies++
+		return
+	}
+	st.replyAt = r.stored
+	if r.Status == chat.StatusOK {
+		st.status, st.what, st.degraded = statusOK, b.name(r.Provider), r.Degraded
+		return
+	}
+	st.status = statusFailed
+	switch {
+	case r.Error != nil && r.Error.Code != "":
+		st.what = b.name(r.Error.Code)
+	case r.Status != chat.StatusFailed:
+		st.what = b.name("status " + r.Status)
+	default:
+		st.what = b.name("unknown")
+	}
+}
+
+func (b *builder) dead(m *broker.Stored) error {
+	if id := m.Header.Get(chat.HeaderRequestID); id != "" {
+		if st, ok := b.reqs[id]; ok {
+			st.dead = true
+			b.reqs[id] = st
+			return nil
+		}
+	}
+	seq, err := strconv.ParseUint(m.Header.Get(chat.HeaderStreamSeq), 10, 64)
+	if err != nil {
+		return nil // not a dead letter Understudy wrote
+	}
+	if st, ok := b.reqs[invalidKey(seq)]; ok {
+		st.dead = true
+		b.reqs[invalidKey(seq)] = st
+		return nil
+	}
+	b.pendingDead[seq] = true
+	return nil
+}
+
+func (b *builder) event(m *broker.Stored) error {
+	var ev chat.Event
+	if json.Unmarshal(m.Data, &ev) != nil {
+		return nil
+	}
+	if ev.Type != chat.EventAttempt && ev.Type != chat.EventRetry {
+		return nil
+	}
+	if _, ok := b.reqs[ev.RequestID]; !ok {
+		return nil // an event of a request outside the window
+	}
+	switch ev.Type {
+	case chat.EventAttempt:
+		p := b.intern(ev.Provider)
+		byOutcome := b.attempts[p]
+		if byOutcome == nil {
+			byOutcome = make(map[chat.Outcome]int)
+			b.attempts[p] = byOutcome
+		}
+		byOutcome[chat.Outcome(b.intern(string(ev.Outcome)))]++
+	case chat.EventRetry:
+		b.retries++
+		b.retryMinutes[m.Time.Truncate(time.Minute).Unix()]++
+	}
+	return nil
+}
+
+func (b *builder) breaker(m *broker.Stored) error {
+	var ev chat.Event
+	if json.Unmarshal(m.Data, &ev) != nil || ev.Type != chat.EventBreaker {
+		return nil
+	}
+	provider := ev.Provider
+	if provider == "" {
+		provider = b.subj.ConversationOf(m.Subject)
+	}
+	be := breakerEvent{at: ev.At, stored: m.Time, provider: b.intern(provider), worker: b.intern(ev.Worker),
+		from: b.intern(ev.From), to: b.intern(ev.To)}
+	if be.at.IsZero() {
+		be.at = m.Time
+	}
+	if !b.opt.Since.IsZero() && m.Time.Before(b.opt.Since) {
+		key := be.provider + "\x00" + be.worker
+		st := b.breakerInitial[key]
+		if be.to != stateClosed && (st.state == "" || st.state == stateClosed) {
+			st.openSince = be.at
+		}
+		st.state = be.to
+		b.breakerInitial[key] = st
+		return nil
+	}
+	b.breakers = append(b.breakers, be)
+	return nil
+}
+
+// report aggregates what was read.
+func (b *builder) report() *Report {
+	// Requests matched by sequence only.
+	if len(b.pendingReplies) > 0 || len(b.pendingDead) > 0 {
+		for k, st := range b.reqs {
+			r, okR := b.pendingReplies[st.seq]
+			d := b.pendingDead[st.seq]
+			if !okR && !d {
+				continue
+			}
+			if okR {
+				b.applyReply(&st, r)
+			}
+			st.dead = st.dead || d
+			b.reqs[k] = st
+		}
+	}
+	opt := b.opt
+	r := &Report{
+		Since: opt.Since.UTC(), Until: opt.Until.UTC(), Conversation: opt.Conversation,
+		Requests:           len(b.reqs),
+		ByProvider:         map[string]int{},
+		Attempts:           b.attempts,
+		BreakerTransitions: []Transition{},
+		Timeline:           []Minute{},
+		Retries:            b.retries,
+		FailedByCode:       map[string]int{},
+		BreakerOpen:        []OpenPeriod{},
+		DuplicateRequests:  b.dupRequests,
+		DuplicateReplies:   b.dupReplies,
+		outcomes:           b.reqs,
+		names:              b.names,
+	}
+
+	// Breaker transitions of the window, and the periods not closed.
+	slices.SortStableFunc(b.breakers, func(x, y breakerEvent) int { return x.at.Compare(y.at) })
+	for _, e := range b.breakers {
+		if e.stored.Before(opt.Until) {
+			r.BreakerTransitions = append(r.BreakerTransitions, Transition{At: e.at.UTC(), Provider: e.provider, From: e.from, To: e.to, Worker: e.worker})
+		}
+	}
+
+	// The timeline's span: every minute with a request, a retry or a
+	// transition of the window.
+	first, last := int64(math.MaxInt64), int64(math.MinInt64)
+	span := func(unixSec int64) { first, last = min(first, unixSec), max(last, unixSec) }
+	minuteOf := func(ns int64) int64 { return time.Unix(0, ns).Truncate(time.Minute).Unix() }
+	for _, st := range b.reqs {
+		span(minuteOf(st.at))
+	}
+	for m := range b.retryMinutes {
+		span(m)
+	}
+	for _, t := range r.BreakerTransitions {
+		span(t.At.Truncate(time.Minute).Unix())
+	}
+	end := opt.Until
+	if first <= last {
+		end = later(end, time.Unix(last+60, 0))
+		n := int((last-first)/60) + 1
+		r.Timeline = make([]Minute, n)
+		for i := range r.Timeline {
+			r.Timeline[i] = Minute{Start: time.Unix(first+int64(i)*60, 0).UTC(), OK: map[string]int{}, BreakerOpen: []string{}}
+		}
+		for m, n := range b.retryMinutes {
+			r.Timeline[(m-first)/60].Retries += n
+		}
+	}
+	r.BreakerOpen = b.openPeriods(end)
+	for i := range r.Timeline {
+		m := &r.Timeline[i]
+		from, to := m.Start, m.Start.Add(time.Minute)
+		for _, p := range r.BreakerOpen {
+			if p.From.Before(to) && (p.To.IsZero() || p.To.After(from)) && !slices.Contains(m.BreakerOpen, p.Provider) {
+				m.BreakerOpen = append(m.BreakerOpen, p.Provider)
+			}
+		}
+		slices.Sort(m.BreakerOpen)
+	}
+
+	// Per-request outcomes.
+	lat := make([]int64, 0, len(b.reqs))
+	for _, st := range b.reqs {
+		var m *Minute
+		if len(r.Timeline) > 0 {
+			m = &r.Timeline[(minuteOf(st.at)-first)/60]
+			m.Requests++
+		}
+		switch st.status {
+		case statusOK:
+			r.OK++
+			r.ByProvider[b.names[st.what]]++
+			if st.degraded {
+				r.Degraded++
+			}
+			m.OK[b.names[st.what]]++
+		case statusFailed:
+			r.Failed++
+			r.FailedByCode[b.names[st.what]]++
+			m.Failed++
+		default:
+			if st.dead {
+				m.Failed++
+			} else {
+				r.Unanswered++
+				m.Unanswered++
+			}
+		}
+		if st.dead {
+			r.DeadLetters++
+		}
+		if st.status != statusNone {
+			lat = append(lat, max(st.replyAt-st.at, 0)/int64(time.Millisecond))
+		}
+	}
+	r.LatencyMS = percentiles(lat)
+	return r
+}
+
+// openPeriods merges, per provider, the times any worker's breaker was not
+// closed, keeping those that overlap [Since, end).
+func (b *builder) openPeriods(end time.Time) []OpenPeriod {
+	type span struct{ from, to time.Time } // zero to: still open
+	state := make(map[string]string, len(b.breakerInitial))
+	openAt := make(map[string]time.Time)
+	perProvider := make(map[string][]span)
+	providerOf := func(key string) string { p, _, _ := strings.Cut(key, "\x00"); return p }
+	start := b.opt.Since
+	for key, s := range b.breakerInitial {
+		state[key] = s.state
+		if s.state != stateClosed {
+			openAt[key] = s.openSince
+		}
+	}
+	for _, e := range b.breakers {
+		key := e.provider + "\x00" + e.worker
+		wasOpen := state[key] != "" && state[key] != stateClosed
+		state[key] = e.to
+		switch isOpen := e.to != stateClosed; {
+		case isOpen && !wasOpen:
+			openAt[key] = e.at
+		case !isOpen && wasOpen:
+			perProvider[e.provider] = append(perProvider[e.provider], span{openAt[key], e.at})
+			delete(openAt, key)
+		}
+	}
+	for key, at := range openAt {
+		perProvider[providerOf(key)] = append(perProvider[providerOf(key)], span{at, time.Time{}})
+	}
+	out := []OpenPeriod{}
+	for provider, spans := range perProvider {
+		slices.SortFunc(spans, func(x, y span) int { return x.from.Compare(y.from) })
+		var merged []span
+		for _, s := range spans {
+			if n := len(merged); n > 0 && (merged[n-1].to.IsZero() || !s.from.After(merged[n-1].to)) {
+				if !merged[n-1].to.IsZero() && (s.to.IsZero() || s.to.After(merged[n-1].to)) {
+					merged[n-1].to = s.to
+				}
+				continue
+			}
+			merged = append(merged, s)
+		}
+		for _, s := range merged {
+			if (s.to.IsZero() || s.to.After(start)) && s.from.Before(end) {
+				out = append(out, OpenPeriod{Provider: provider, From: s.from.UTC(), To: s.to.UTC()})
+			}
+		}
+	}
+	slices.SortFunc(out, func(x, y OpenPeriod) int {
+		return cmp.Or(x.From.Compare(y.From), strings.Compare(x.Provider, y.Provider))
+	})
+	return out
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+// percentiles returns nearest-rank percentiles of ms (which it sorts).
+func percentiles(ms []int64) Latency {
+	if len(ms) == 0 {
+		return Latency{}
+	}
+	slices.Sort(ms)
+	rank := func(q float64) int64 {
+		i := int(math.Ceil(q*float64(len(ms)))) - 1
+		return ms[min(max(i, 0), len(ms)-1)]
+	}
+	return Latency{P50: rank(0.50), P90: rank(0.90), P99: rank(0.99), Max: ms[len(ms)-1]}
+}
+
+// WriteJSON writes the report as indented JSON.
+func (r *Report) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
