@@ -85,6 +85,19 @@ type Transition struct {
 	Provider string
 	From, To State
 	At       time.Time
+	// Forced is true when the change was imposed from outside (ForceOpen,
+	// ForceClosed: a peer replica's verdict), not reached by this breaker's
+	// own calls.
+	Forced bool
+}
+
+// ProbeGate decides, across processes, which one may send the half-open
+// probe of a provider. TryProbe is called once this process has won its
+// own probe; false means a peer holds it. Done is called with the probe's
+// verdict so the gate can be released.
+type ProbeGate interface {
+	TryProbe(provider string) bool
+	Done(provider string)
 }
 
 // Breaker guards one provider. It is safe for concurrent use; share one per
@@ -100,7 +113,18 @@ type Breaker struct {
 	// probe holds the generation whose probe has been handed out.
 	probe    atomic.Uint64
 	openedAt atomic.Int64
+
+	// forcing marks transitions made by ForceOpen/ForceClosed.
+	forcing atomic.Bool
+	gate    ProbeGate
+	// gateDenied (unix nanos): a peer holds the probe; do not ask again
+	// before then.
+	gateDenied atomic.Int64
 }
+
+// gateRetry is how long a process waits before asking the gate again after
+// a peer was found holding the probe.
+const gateRetry = 500 * time.Millisecond
 
 // New returns a closed breaker for the provider called name. onChange, when
 // not nil, is called on every transition; it runs under the library's lock,
@@ -130,7 +154,7 @@ func New(name string, cfg Config, onChange func(Transition)) *Breaker {
 				b.openedAt.Store(now.UnixNano())
 			}
 			if onChange != nil {
-				onChange(Transition{Provider: name, From: fromLib(from), To: next, At: now})
+				onChange(Transition{Provider: name, From: fromLib(from), To: next, At: now, Forced: b.forcing.Load()})
 			}
 		}),
 	)
@@ -183,14 +207,60 @@ func (b *Breaker) Allow() (done func(Verdict), err error) {
 				break
 			}
 		}
+		if b.gate != nil {
+			denied := time.Now().UnixNano() < b.gateDenied.Load()
+			if !denied && !b.gate.TryProbe(b.name) {
+				denied = true
+				b.gateDenied.Store(time.Now().Add(gateRetry).UnixNano())
+			}
+			if denied {
+				b.probe.CompareAndSwap(gen, gen-1) // let a later caller ask again
+				return nil, ErrOpen
+			}
+			var once atomic.Bool
+			return func(v Verdict) {
+				if once.CompareAndSwap(false, true) {
+					b.record(gen, v)
+					b.gate.Done(b.name)
+				}
+			}, nil
+		}
 	}
 	var once atomic.Bool
 	return func(v Verdict) {
-		if !once.CompareAndSwap(false, true) {
-			return
+		if once.CompareAndSwap(false, true) {
+			b.record(gen, v)
 		}
-		b.record(gen, v)
 	}, nil
+}
+
+// SetProbeGate makes the half-open probe exclusive across processes too.
+// Call it before the breaker is used.
+func (b *Breaker) SetProbeGate(g ProbeGate) { b.gate = g }
+
+// ForceOpen opens the breaker because a peer found the provider failing
+// (the transition is reported with Forced set). It stays open OpenFor from
+// now. A breaker already open is left alone.
+func (b *Breaker) ForceOpen() {
+	if b.State() == Open {
+		return
+	}
+	b.force(circuitbreaker.StateOpen)
+}
+
+// ForceClosed closes the breaker because a peer's probe found the provider
+// healthy. A breaker already closed is left alone.
+func (b *Breaker) ForceClosed() {
+	if b.State() == Closed {
+		return
+	}
+	b.force(circuitbreaker.StateClosed)
+}
+
+func (b *Breaker) force(s circuitbreaker.State) {
+	b.forcing.Store(true)
+	defer b.forcing.Store(false)
+	b.cb.SetState(s)
 }
 
 func (b *Breaker) record(gen uint64, v Verdict) {

@@ -193,3 +193,91 @@ func TestStateString(t *testing.T) {
 		}
 	}
 }
+
+func TestForcedTransitionsAreMarked(t *testing.T) {
+	var mu sync.Mutex
+	var got []Transition
+	b := New("p", Config{ConsecutiveFailures: 5, OpenFor: time.Hour}, func(tr Transition) {
+		mu.Lock()
+		got = append(got, tr)
+		mu.Unlock()
+	})
+	b.ForceOpen()
+	if _, err := b.Allow(); !errors.Is(err, ErrOpen) {
+		t.Fatalf("Allow after ForceOpen: %v", err)
+	}
+	b.ForceOpen() // already open: no transition
+	b.ForceClosed()
+	call(t, b, Success)
+	b.ForceClosed() // already closed: no transition
+	mu.Lock()
+	forced := append([]Transition(nil), got...)
+	mu.Unlock()
+	if len(forced) != 2 || forced[0].To != Open || forced[1].To != Closed || !forced[0].Forced || !forced[1].Forced {
+		t.Fatalf("transitions %+v, want forced open then forced closed", forced)
+	}
+	for range 5 {
+		call(t, b, Failure)
+	}
+	if b.State() != Open {
+		t.Fatal("own failures no longer open the breaker after forcing")
+	}
+}
+
+// gate is a ProbeGate that a test controls.
+type gate struct {
+	mu    sync.Mutex
+	allow bool
+	asked int
+	done  int
+}
+
+func (g *gate) TryProbe(string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.asked++
+	return g.allow
+}
+
+func (g *gate) Done(string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.done++
+}
+
+func TestProbeGateAcrossProcesses(t *testing.T) {
+	g := &gate{}
+	b := New("p", Config{ConsecutiveFailures: 1, OpenFor: 20 * time.Millisecond}, nil)
+	b.SetProbeGate(g)
+	call(t, b, Failure)
+	waitState(t, b, HalfOpen)
+
+	// A peer holds the probe: refused, and not asked again at once.
+	for range 10 {
+		if _, err := b.Allow(); !errors.Is(err, ErrOpen) {
+			t.Fatalf("Allow while a peer probes: %v", err)
+		}
+	}
+	g.mu.Lock()
+	if g.asked != 1 {
+		t.Errorf("gate asked %d times within gateRetry, want 1", g.asked)
+	}
+	g.allow = true
+	g.mu.Unlock()
+
+	deadline := time.Now().Add(5 * time.Second)
+	var done func(Verdict)
+	for done == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the probe was never handed out after the peer released it")
+		}
+		done, _ = b.Allow()
+		time.Sleep(10 * time.Millisecond)
+	}
+	done(Success)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if b.State() != Closed || g.done != 1 {
+		t.Fatalf("state %s, gate released %d times; want closed and 1", b.State(), g.done)
+	}
+}

@@ -27,8 +27,10 @@ type Broker struct {
 	requests jetstream.Stream
 	consumer jetstream.Consumer
 	claims   jetstream.KeyValue
+	breakers jetstream.KeyValue
 
 	connected atomic.Bool
+	closing   atomic.Bool
 }
 
 // Connect connects to cfg.URL, or starts an embedded JetStream server when
@@ -48,7 +50,9 @@ func Connect(ctx context.Context, cfg Config, name string, log zerolog.Logger) (
 		nats.MaxPingsOutstanding(3),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			b.connected.Store(false)
-			log.Warn().Err(err).Msg("disconnected from NATS; reconnecting")
+			if !b.closing.Load() {
+				log.Warn().Err(err).Msg("disconnected from NATS; reconnecting")
+			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			b.connected.Store(true)
@@ -186,6 +190,7 @@ func (b *Broker) Ready() bool { return b.Connected() && b.consumer != nil }
 
 // Close drains the connection and stops an embedded server.
 func (b *Broker) Close() {
+	b.closing.Store(true)
 	if b.nc != nil {
 		done := make(chan struct{})
 		b.nc.SetClosedHandler(func(*nats.Conn) { close(done) })

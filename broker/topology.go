@@ -61,7 +61,12 @@ func (b *Broker) Setup(ctx context.Context, t Topology) error {
 	}
 	maxDeliver := -1
 	if t.MaxDeliveries > 0 {
-		maxDeliver = t.MaxDeliveries
+		// The worker gives up after MaxDeliveries failed ladders. Put-backs
+		// that are not a failed ladder (a drain, a duplicate id in flight)
+		// spend deliveries too, so the server's own bound leaves room for
+		// them; it only ends requests whose workers keep dying before they
+		// can answer (the MAX_DELIVERIES advisory reports those).
+		maxDeliver = 2*t.MaxDeliveries + 2
 	}
 	cons, err := b.requests.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 		Durable:       chat.ConsumerWorkers,
@@ -89,6 +94,9 @@ func (b *Broker) Setup(ctx context.Context, t Topology) error {
 	})
 	if err != nil {
 		return fmt.Errorf("create or update key-value bucket %s: %w", s.Stream(chat.KindClaims), err)
+	}
+	if err := b.setupBreakers(ctx, t); err != nil {
+		return err
 	}
 	b.topo, b.claims, b.consumer = t, kv, cons
 	return nil

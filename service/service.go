@@ -41,6 +41,7 @@ type Service struct {
 	transitions chan breaker.Transition
 	stop        chan struct{}
 	fwdDone     chan struct{}
+	stopWatch   func()
 	// ready is the broker once its topology is set up.
 	ready atomic.Pointer[broker.Broker]
 }
@@ -97,17 +98,28 @@ func Start(ctx context.Context, cfg config.Config, name string, log zerolog.Logg
 	s.Chain = worker.NewChain(links, cfg.Retry)
 	s.Pool = worker.New(worker.Options{Broker: s.Broker, Chain: s.Chain, Config: cfg.Worker,
 		Metrics: metrics, Log: log, ID: name})
+	shared := &sharedBreakers{b: s.Broker, worker: s.Pool.ID(), breakers: map[string]*breaker.Breaker{},
+		openFor: cfg.Breaker.OpenFor, log: log}
+	for _, l := range links {
+		shared.breakers[l.Provider.Name()] = l.Breaker
+		shared.stale = max(shared.stale, 2*l.Timeout)
+		l.Breaker.SetProbeGate(shared)
+	}
 	go func() {
 		defer close(s.fwdDone)
 		for {
 			select {
 			case t := <-s.transitions:
 				s.Pool.BreakerChanged(t)
+				shared.transition(t)
 			case <-s.stop:
 				return
 			}
 		}
 	}()
+	if s.stopWatch, err = s.Broker.WatchBreakers(ctx, shared.apply); err != nil {
+		return s, err
+	}
 	return s, nil
 }
 
@@ -176,6 +188,9 @@ func (s *Service) Close() {
 	}
 	for _, p := range s.Providers {
 		_ = p.Close()
+	}
+	if s.stopWatch != nil {
+		s.stopWatch()
 	}
 	if s.Pool != nil {
 		close(s.stop) // breaker timers may still fire: their hook never blocks

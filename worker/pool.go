@@ -80,11 +80,17 @@ func (p *Pool) ID() string { return p.id }
 
 // BreakerChanged records a breaker transition: metric, event and log line.
 // It is safe to call from a breaker's hook.
+// A transition imposed by a peer replica's verdict is not recorded as an
+// event again: the peer recorded it.
 func (p *Pool) BreakerChanged(t breaker.Transition) {
 	p.m.breaker(t)
+	p.log.Info().Str("provider", t.Provider).Str("from", t.From.String()).Str("to", t.To.String()).
+		Bool("from_peer", t.Forced).Msg("breaker transition")
+	if t.Forced {
+		return
+	}
 	p.b.PublishEvent(&chat.Event{Type: chat.EventBreaker, At: t.At, Worker: p.id, Provider: t.Provider,
 		From: t.From.String(), To: t.To.String()}, t.Provider)
-	p.log.Info().Str("provider", t.Provider).Str("from", t.From.String()).Str("to", t.To.String()).Msg("breaker transition")
 }
 
 // Run pulls and processes requests until ctx ends, then drains: it stops
@@ -101,6 +107,10 @@ func (p *Pool) Run(ctx context.Context) error {
 	}
 	defer stopAdv()
 	go p.watchBacklog(ctx)
+
+	// The grace period runs from the moment ctx ends, not from the end of
+	// the pull in progress then (which may take up to fetchWait).
+	go p.graceTimer(ctx, hard, abort)
 
 	slots := make(chan struct{}, p.cfg.Concurrency)
 	var wg sync.WaitGroup
@@ -126,8 +136,9 @@ func (p *Pool) Run(ctx context.Context) error {
 		}
 		for d := range msgs {
 			if ctx.Err() != nil {
-				// Pulled as the drain began: give it straight back.
-				_ = d.NakWithDelay(0)
+				// Pulled as the drain began: give it back, delayed past
+				// the end of this pull so it cannot land here again.
+				_ = d.NakWithDelay(fetchWait)
 				continue
 			}
 			slots <- struct{}{}
@@ -149,25 +160,29 @@ func (p *Pool) Run(ctx context.Context) error {
 			sleep(ctx, fetchWait/4)
 		}
 	}
-	return p.drain(&wg, abort)
+	p.log.Info().Msg("stopped pulling; waiting for in-flight requests")
+	wg.Wait()
+	p.log.Info().Msg("drained")
+	return nil
 }
 
-func (p *Pool) drain(wg *sync.WaitGroup, abort context.CancelFunc) error {
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
+// graceTimer ends in-flight work (abort) once ShutdownGrace has passed since
+// ctx ended; in-flight requests then put themselves back.
+func (p *Pool) graceTimer(ctx, hard context.Context, abort context.CancelFunc) {
+	select {
+	case <-ctx.Done():
+	case <-hard.Done():
+		return
+	}
 	p.log.Info().Dur("grace", p.cfg.ShutdownGrace).Msg("draining: finishing in-flight requests")
 	t := time.NewTimer(p.cfg.ShutdownGrace)
 	defer t.Stop()
 	select {
-	case <-done:
-		p.log.Info().Msg("drained")
-		return nil
 	case <-t.C:
+		p.log.Warn().Msg("shutdown grace over: putting back the requests still in flight")
+		abort()
+	case <-hard.Done():
 	}
-	p.log.Warn().Msg("shutdown grace over: putting back the requests still in flight")
-	abort()
-	<-done
-	return nil
 }
 
 // watchBacklog keeps the backlog gauges current.

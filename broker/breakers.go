@@ -1,0 +1,118 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// KindBreakers names the key-value bucket through which worker replicas
+// share their breakers' verdicts: <PREFIX>_BREAKERS.
+const KindBreakers = "BREAKERS"
+
+// BreakerState is one replica's verdict on a provider, shared with the
+// others.
+type BreakerState struct {
+	// State is "open" or "closed".
+	State  string    `json:"state"`
+	Worker string    `json:"worker"`
+	At     time.Time `json:"at"`
+}
+
+type probeClaim struct {
+	Worker string    `json:"worker"`
+	At     time.Time `json:"at"`
+}
+
+func (b *Broker) setupBreakers(ctx context.Context, t Topology) error {
+	kv, err := b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      t.Subjects.Stream(KindBreakers),
+		Description: "breaker verdicts shared by worker replicas, and who holds each half-open probe",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    t.Replicas,
+	})
+	if err != nil {
+		return fmt.Errorf("create or update key-value bucket %s: %w", t.Subjects.Stream(KindBreakers), err)
+	}
+	b.breakers = kv
+	return nil
+}
+
+func stateKey(provider string) string { return "state." + provider }
+func probeKey(provider string) string { return "probe." + provider }
+
+// ShareBreaker tells the other replicas that provider's breaker opened or
+// closed here.
+func (b *Broker) ShareBreaker(ctx context.Context, provider string, st BreakerState) error {
+	v, _ := json.Marshal(st)
+	if _, err := b.breakers.Put(ctx, stateKey(provider), v); err != nil {
+		return fmt.Errorf("share breaker %s: %w", provider, err)
+	}
+	return nil
+}
+
+// WatchBreakers calls fn for every verdict shared by any replica (this one
+// included; compare Worker), starting with the current ones, until stop.
+func (b *Broker) WatchBreakers(ctx context.Context, fn func(provider string, st BreakerState)) (stop func(), err error) {
+	w, err := b.breakers.Watch(ctx, "state.*")
+	if err != nil {
+		return nil, fmt.Errorf("watch breakers: %w", err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for e := range w.Updates() {
+			if e == nil || e.Operation() != jetstream.KeyValuePut {
+				continue // nil: end of the initial values
+			}
+			var st BreakerState
+			if err := json.Unmarshal(e.Value(), &st); err != nil {
+				b.log.Warn().Err(err).Str("key", e.Key()).Msg("unreadable shared breaker state")
+				continue
+			}
+			fn(e.Key()[len("state."):], st)
+		}
+	}()
+	return func() { _ = w.Stop(); <-done }, nil
+}
+
+// ClaimProbe tries to become the one replica that sends provider's
+// half-open probe. A claim older than stale is presumed abandoned (its
+// worker died mid-probe) and taken over.
+func (b *Broker) ClaimProbe(ctx context.Context, provider, worker string, stale time.Duration) (bool, error) {
+	v, _ := json.Marshal(probeClaim{Worker: worker, At: time.Now()})
+	if _, err := b.breakers.Create(ctx, probeKey(provider), v); err == nil {
+		return true, nil
+	} else if !errors.Is(err, jetstream.ErrKeyExists) {
+		return false, err
+	}
+	e, err := b.breakers.Get(ctx, probeKey(provider))
+	if err != nil {
+		return false, err
+	}
+	var c probeClaim
+	if json.Unmarshal(e.Value(), &c) == nil && time.Since(c.At) < stale {
+		return false, nil
+	}
+	if _, err := b.breakers.Update(ctx, probeKey(provider), v, e.Revision()); err != nil {
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return false, nil
+		}
+		return false, err
+	}
+	return true, nil
+}
+
+// ReleaseProbe gives provider's probe back once its verdict is known.
+func (b *Broker) ReleaseProbe(ctx context.Context, provider string) error {
+	err := b.breakers.Delete(ctx, probeKey(provider))
+	if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return err
+	}
+	return nil
+}
