@@ -8,6 +8,7 @@
 //	understudy replay --since 1h           incident report from the streams
 //	understudy demo                        the whole thing on an embedded NATS
 //	understudy sim    --listen :8080       a simulated OpenAI-compatible provider
+//	understudy health --url URL            probe /readyz (images without a shell)
 package main
 
 import (
@@ -39,6 +40,7 @@ func commands() []command {
 		{"replay", "incident report from the streams", runReplay},
 		{"demo", "embedded NATS, three simulated providers, traffic and an outage", runDemo},
 		{"sim", "serve a simulated OpenAI-compatible provider", runSim},
+		{"health", "exit 0 when a health URL answers 200 (container probes)", runHealth},
 	}
 }
 
