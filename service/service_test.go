@@ -18,22 +18,12 @@ import (
 	"github.com/understudy-ai/understudy/breaker"
 	"github.com/understudy-ai/understudy/chat"
 	"github.com/understudy-ai/understudy/config"
+	"github.com/understudy-ai/understudy/internal/poll"
 	"github.com/understudy-ai/understudy/providers"
 	"github.com/understudy-ai/understudy/providers/sim"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", within, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
 
 // natsServer runs a JetStream server the replicas connect to over TCP.
 func natsServer(t *testing.T) *server.Server {
@@ -146,7 +136,7 @@ func TestReplicasShareBreakersAndOneProbe(t *testing.T) {
 		publish(t, js, "c-1", fmt.Sprintf("trip-%d", i))
 		time.Sleep(20 * time.Millisecond)
 	}
-	eventually(t, 5*time.Second, "both replicas' breakers open", func() bool {
+	poll.Until(t, 5*time.Second, "both replicas' breakers open", func() bool {
 		return ba.State() != breaker.Closed && bb.State() != breaker.Closed
 	})
 	if h := primary.Hits(); h > 2*int64(cfg.Breaker.ConsecutiveFailures) {
@@ -157,10 +147,10 @@ func TestReplicasShareBreakersAndOneProbe(t *testing.T) {
 	// pool sends it exactly one probe until the probe's verdict is in.
 	primary.SetMode(sim.ModeOK)
 	primary.SetLatency(3 * time.Second)
-	eventually(t, 5*time.Second, "a replica half-open", func() bool {
+	poll.Until(t, 5*time.Second, "a replica half-open", func() bool {
 		return ba.State() == breaker.HalfOpen || bb.State() == breaker.HalfOpen
 	})
-	eventually(t, 5*time.Second, "both replicas half-open", func() bool {
+	poll.Until(t, 5*time.Second, "both replicas half-open", func() bool {
 		return ba.State() != breaker.Open && bb.State() != breaker.Open
 	})
 	before := primary.Hits()
@@ -169,14 +159,14 @@ func TestReplicasShareBreakersAndOneProbe(t *testing.T) {
 		wg.Go(func() { publish(t, js, "c-2", fmt.Sprintf("probe-%02d", i)) })
 	}
 	wg.Wait()
-	eventually(t, 10*time.Second, "both breakers closed by the probe", func() bool {
+	poll.Until(t, 10*time.Second, "both breakers closed by the probe", func() bool {
 		return ba.State() == breaker.Closed && bb.State() == breaker.Closed
 	})
 	if n := primary.Hits() - before; n < 1 {
 		t.Fatal("no probe reached the primary")
 	}
 	// Every request made while the probe was out went to the fallback.
-	eventually(t, 10*time.Second, "30 probe-phase replies", func() bool {
+	poll.Until(t, 10*time.Second, "30 probe-phase replies", func() bool {
 		n := 0
 		for _, c := range countReplies(t, js) {
 			n += c

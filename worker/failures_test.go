@@ -9,9 +9,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/understudy-ai/understudy/breaker"
 	"github.com/understudy-ai/understudy/broker"
 	"github.com/understudy-ai/understudy/chat"
+	"github.com/understudy-ai/understudy/internal/poll"
 	"github.com/understudy-ai/understudy/providers/sim"
 )
 
@@ -27,7 +30,7 @@ func TestAllProvidersDownQueuesInsteadOfFailing(t *testing.T) {
 	for i := range 3 {
 		publish(t, b, "c-1", request(fmt.Sprintf("r-%d", i)), "")
 	}
-	eventually(t, 10*time.Second, "requests retried at least 3 times", func() bool {
+	poll.Until(t, 10*time.Second, "requests retried at least 3 times", func() bool {
 		return len(events(t, b, chat.EventRetry)) >= 9
 	})
 	if n := len(replies(t, b)); n != 0 {
@@ -69,7 +72,7 @@ func TestStopsPullingWhileEveryBreakerIsOpen(t *testing.T) {
 	s.breaker = breaker.Config{ConsecutiveFailures: 1, OpenFor: 1500 * time.Millisecond}
 	r := startPool(t, b, f, s)
 	publish(t, b, "c-1", request("trip"), "")
-	eventually(t, 5*time.Second, "both breakers open", func() bool {
+	poll.Until(t, 5*time.Second, "both breakers open", func() bool {
 		return r.chain.Links()[0].Breaker.State() == breaker.Open && r.chain.Links()[1].Breaker.State() == breaker.Open
 	})
 	hits := f.sim("deepseek").Hits() + f.sim("llama").Hits()
@@ -82,7 +85,7 @@ func TestStopsPullingWhileEveryBreakerIsOpen(t *testing.T) {
 		}
 		return c.CachedInfo().NumWaiting
 	}
-	eventually(t, 5*time.Second, "no pull request outstanding", func() bool { return waiting() == 0 })
+	poll.Until(t, 5*time.Second, "no pull request outstanding", func() bool { return waiting() == 0 })
 	for i := range 5 {
 		publish(t, b, "c-2", request(fmt.Sprintf("wait-%d", i)), "")
 	}
@@ -214,7 +217,7 @@ func TestRateLimitSkipsProviderUntilRetryAfter(t *testing.T) {
 		t.Errorf("deepseek called %d times within its Retry-After, want 1", h)
 	}
 	f.sim("deepseek").SetMode(sim.ModeOK)
-	eventually(t, 5*time.Second, "deepseek back in the chain after Retry-After", func() bool {
+	poll.Until(t, 5*time.Second, "deepseek back in the chain after Retry-After", func() bool {
 		return r.chain.NextAvailable(time.Now()).IsZero() || !r.chain.Links()[0].cooling(time.Now())
 	})
 	publish(t, b, "c-1", request("after"), "")
@@ -236,7 +239,7 @@ func TestOneReplyPerRequestID(t *testing.T) {
 	publish(t, b, "c-1", request("dup"), "dup")
 	publish(t, b, "c-1", request("marker"), "")
 	waitReplies(t, b, 2)
-	eventually(t, 5*time.Second, "every delivery handled", func() bool {
+	poll.Until(t, 5*time.Second, "every delivery handled", func() bool {
 		pending, ack, err := b.Backlog(context.Background())
 		return err == nil && pending == 0 && ack == 0
 	})
@@ -273,11 +276,11 @@ func TestRedeliveryAfterReplyBeforeAckCallsNoProvider(t *testing.T) {
 	defer close(dying.release)
 	first := startPool(t, dying, f, s)
 	publish(t, b, "c-1", request("once"), "")
-	eventually(t, 5*time.Second, "the first worker to publish its reply", func() bool { return dying.replied.Load() == 1 })
+	poll.Until(t, 5*time.Second, "the first worker to publish its reply", func() bool { return dying.replied.Load() == 1 })
 
 	// A healthy worker gets the redelivery once ack_wait has passed.
 	startPool(t, b, f, s)
-	eventually(t, 10*time.Second, "the redelivery to be acked", func() bool {
+	poll.Until(t, 10*time.Second, "the redelivery to be acked", func() bool {
 		_, ack, err := b.Backlog(context.Background())
 		return err == nil && ack == 0
 	})
@@ -316,7 +319,7 @@ func TestBadInputIsAnsweredAndDeadLettered(t *testing.T) {
 			s.cfg.MaxRequestBytes = 1024
 			startPool(t, b, f, s)
 			publish(t, b, tt.conv, tt.body, "")
-			eventually(t, 10*time.Second, "dead letter", func() bool { return len(stored(t, b, chat.KindDead, subj.AllDead())) == 1 })
+			poll.Until(t, 10*time.Second, "dead letter", func() bool { return len(stored(t, b, chat.KindDead, subj.AllDead())) == 1 })
 			dead := stored(t, b, chat.KindDead, subj.AllDead())[0]
 			wantDead := subj.Dead(tt.conv)
 			if !tt.replied {
@@ -338,7 +341,7 @@ func TestBadInputIsAnsweredAndDeadLettered(t *testing.T) {
 					t.Errorf("Nats-Msg-Id %q, want invalid-1", r.MsgID)
 				}
 			} else {
-				eventually(t, 5*time.Second, "terminated", func() bool {
+				poll.Until(t, 5*time.Second, "terminated", func() bool {
 					_, ack, err := b.Backlog(context.Background())
 					return err == nil && ack == 0
 				})
@@ -350,5 +353,66 @@ func TestBadInputIsAnsweredAndDeadLettered(t *testing.T) {
 				t.Errorf("provider called %d times for bad input", h)
 			}
 		})
+	}
+}
+
+// idleBroker never pulls: the pool only listens to advisories.
+type idleBroker struct{ Broker }
+
+func (idleBroker) Fetch(int, time.Duration) (<-chan *broker.Delivery, func() error, error) {
+	time.Sleep(50 * time.Millisecond)
+	ch := make(chan *broker.Delivery)
+	close(ch)
+	return ch, func() error { return nil }, nil
+}
+
+func TestDeliveriesRunOutWithoutAnAnswer(t *testing.T) {
+	// Every delivery is lost (its worker dies before answering) until the
+	// consumer's MaxDeliver is spent; the MAX_DELIVERIES advisory then makes
+	// a live worker answer failed and dead-letter the request.
+	b := newBroker(t, broker.Topology{AckWait: time.Second, MaxDeliveries: 1})
+	f := newFleet(t, "deepseek")
+	s := defaultSetup()
+	s.cfg.MaxDeliveries = 1
+	startPool(t, idleBroker{b}, f, s)
+	publish(t, b, "c-7", request("lost"), "")
+
+	cons, err := b.JetStream().Consumer(context.Background(), subj.Stream(chat.KindRequests), chat.ConsumerWorkers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	maxDeliver := cons.CachedInfo().Config.MaxDeliver
+	for n := 1; n <= maxDeliver; n++ {
+		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := 0
+		for range batch.Messages() {
+			got++ // never acked: the "worker" died
+		}
+		if got != 1 {
+			t.Fatalf("delivery %d of %d did not come", n, maxDeliver)
+		}
+	}
+	// The server notices the spent budget when it next looks for a message
+	// for a waiting pull (in production, any live worker's).
+	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(3*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range batch.Messages() {
+		t.Fatal("a request whose deliveries ran out was delivered again")
+	}
+	r := waitReplies(t, b, 1)["lost"]
+	if r.Status != chat.StatusFailed || r.Error.Code != chat.CodeProvidersExhausted || r.Deliveries != uint64(maxDeliver) {
+		t.Fatalf("reply %+v, want failed providers_exhausted after %d deliveries", r.Reply, maxDeliver)
+	}
+	dead := stored(t, b, chat.KindDead, subj.AllDead())
+	if len(dead) != 1 || dead[0].Subject != subj.Dead("c-7") || dead[0].Header.Get(chat.HeaderCode) != chat.CodeProvidersExhausted {
+		t.Fatalf("dead letters %+v", dead)
+	}
+	if h := f.sim("deepseek").Hits(); h != 0 {
+		t.Errorf("provider called %d times by the advisory handler", h)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/understudy-ai/understudy/breaker"
 	"github.com/understudy-ai/understudy/broker"
 	"github.com/understudy-ai/understudy/chat"
+	"github.com/understudy-ai/understudy/internal/poll"
 	"github.com/understudy-ai/understudy/providers"
 	"github.com/understudy-ai/understudy/providers/sim"
 )
@@ -25,18 +26,6 @@ func TestMain(m *testing.M) {
 		goleak.IgnoreTopFunction("github.com/nats-io/nats-server/v2/server.(*Server).startGoRoutine"),
 		goleak.IgnoreAnyFunction("github.com/nats-io/nats-server/v2/server.(*Server).ReadyForConnections"),
 	)
-}
-
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", within, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 var subj, _ = chat.NewSubjects("chat")
@@ -210,7 +199,7 @@ func replies(t *testing.T, b *broker.Broker) []storedReply {
 func waitReplies(t *testing.T, b *broker.Broker, n int) map[string]storedReply {
 	t.Helper()
 	var got []storedReply
-	eventually(t, 20*time.Second, fmt.Sprintf("%d replies", n), func() bool {
+	poll.Until(t, 20*time.Second, fmt.Sprintf("%d replies", n), func() bool {
 		got = replies(t, b)
 		return len(got) >= n
 	})

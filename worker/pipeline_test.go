@@ -9,6 +9,7 @@ import (
 	"github.com/understudy-ai/understudy/breaker"
 	"github.com/understudy-ai/understudy/broker"
 	"github.com/understudy-ai/understudy/chat"
+	"github.com/understudy-ai/understudy/internal/poll"
 	"github.com/understudy-ai/understudy/providers/sim"
 )
 
@@ -178,7 +179,7 @@ func TestHalfOpenSendsExactlyOneProbe(t *testing.T) {
 	primary := f.sim("deepseek")
 	primary.SetMode(sim.ModeOK)
 	primary.SetLatency(2 * time.Second)
-	eventually(t, 5*time.Second, "half-open", func() bool { return br.State() == breaker.HalfOpen })
+	poll.Until(t, 5*time.Second, "half-open", func() bool { return br.State() == breaker.HalfOpen })
 	before := primary.Hits()
 
 	var wg sync.WaitGroup

@@ -28,6 +28,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/understudy-ai/understudy/chat"
+	"github.com/understudy-ai/understudy/internal/poll"
 	"github.com/understudy-ai/understudy/providers/sim"
 )
 
@@ -163,6 +164,18 @@ func (p *e2eProc) waitExit(timeout time.Duration) int {
 		p.t.Fatalf("%s did not exit within %s", p.name, timeout)
 	}
 	return p.cmd.ProcessState.ExitCode()
+}
+
+// terminate sends SIGTERM and requires exit code 0 within limit; it
+// returns how long the process took to exit.
+func (p *e2eProc) terminate(limit time.Duration) time.Duration {
+	p.t.Helper()
+	start := time.Now()
+	p.signal(syscall.SIGTERM)
+	if code := p.waitExit(limit); code != 0 {
+		p.t.Fatalf("%s exited %d after SIGTERM, want 0", p.name, code)
+	}
+	return time.Since(start)
 }
 
 func (p *e2eProc) signal(sig os.Signal) {
@@ -339,18 +352,6 @@ func (p *e2eProc) waitReadyz(timeout time.Duration, want int) {
 		}
 		if time.Now().After(deadline) {
 			p.t.Fatalf("%s: /readyz answered %d, not %d, for %s", p.name, last, want, timeout)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
-}
-
-// e2eWaitFor polls cond until it holds, failing the test after timeout.
-func e2eWaitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
 		}
 		time.Sleep(25 * time.Millisecond)
 	}
@@ -581,6 +582,6 @@ func e2eConsumerIdle(t *testing.T, js jetstream.JetStream) bool {
 // checks that each was published exactly once, and nothing else.
 func (c *e2eCoreReplies) exactlyOnce(t *testing.T, ids []string) {
 	t.Helper()
-	e2eWaitFor(t, 5*time.Second, "every reply on the core subject", func() bool { return len(c.snapshot()) >= len(ids) })
+	poll.Until(t, 5*time.Second, "every reply on the core subject", func() bool { return len(c.snapshot()) >= len(ids) })
 	e2eExactlyOnce(t, ids, c.snapshot())
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/understudy-ai/understudy/chat"
+	"github.com/understudy-ai/understudy/internal/poll"
 	"github.com/understudy-ai/understudy/providers/sim"
 )
 
@@ -28,11 +29,8 @@ func TestRegressionSIGTERMPutBackSpendsMaxDeliveries(t *testing.T) {
 	w1 := e2eServe(t, "worker-1", cfg)
 	_, js := e2eClient(t, ns.ClientURL())
 	ids := e2ePublishN(t, js, "md", 1, 4)
-	e2eWaitFor(t, 20*time.Second, "4 requests in flight", func() bool { return slow.Hits() >= 4 })
-	w1.signal(syscall.SIGTERM)
-	if code := w1.waitExit(15 * time.Second); code != 0 {
-		t.Fatalf("exit %d", code)
-	}
+	poll.Until(t, 20*time.Second, "4 requests in flight", func() bool { return slow.Hits() >= 4 })
+	w1.terminate(15 * time.Second)
 	cfg.providers = []e2eProvider{{"primary", fastURL, "sim-fast"}}
 	e2eServe(t, "worker-2", cfg)
 	for _, r := range e2eWaitReplies(t, js, ids, 30*time.Second) {
@@ -68,7 +66,7 @@ func TestRegressionGraceStartsAfterThePull(t *testing.T) {
 	}
 	defer sub.Unsubscribe()
 	e2ePublishN(t, js, "pull", 1, 2) // 14 slots stay free: the worker keeps pulling
-	e2eWaitFor(t, 20*time.Second, "2 requests in flight", func() bool { return slow.Hits() >= 2 })
+	poll.Until(t, 20*time.Second, "2 requests in flight", func() bool { return slow.Hits() >= 2 })
 	for len(pulls) > 0 {
 		<-pulls
 	}
@@ -77,12 +75,9 @@ func TestRegressionGraceStartsAfterThePull(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("no pull request seen in 5s")
 	}
-	start := time.Now()
-	w1.signal(syscall.SIGTERM)
-	w1.waitExit(15 * time.Second)
 	// The grace starts at the signal; the pull open then may still take up
 	// to its 1s expiry to end (requests it receives are put back).
-	if took := time.Since(start); took > 2500*time.Millisecond {
+	if took := w1.terminate(15 * time.Second); took > 2500*time.Millisecond {
 		t.Errorf("SIGTERM to exit took %s with shutdown_grace 300ms and 10s calls", took)
 	}
 }
@@ -139,10 +134,7 @@ func TestRegressionCleanShutdownLogsReconnecting(t *testing.T) {
 	ns := e2eNATS(t, t.TempDir(), -1)
 	_, url := e2eSim(t, sim.Config{})
 	w := e2eServe(t, "worker", e2eConfig{natsURL: ns.ClientURL(), providers: []e2eProvider{{"primary", url, "m"}}})
-	w.signal(syscall.SIGTERM)
-	if code := w.waitExit(15 * time.Second); code != 0 {
-		t.Fatalf("exit %d", code)
-	}
+	w.terminate(15 * time.Second)
 	if s := w.stderr.String(); strings.Contains(s, "reconnecting") {
 		t.Errorf("a clean shutdown logged a reconnection:\n%s", e2eTail(s, 2000))
 	}

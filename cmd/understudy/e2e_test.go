@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/understudy-ai/understudy/chat"
+	"github.com/understudy-ai/understudy/internal/poll"
 	"github.com/understudy-ai/understudy/providers/sim"
 )
 
@@ -32,7 +33,7 @@ func TestServeSIGKILLMidFlightLosesNothing(t *testing.T) {
 	ids := e2ePublishN(t, js, "kill", 1, 20)
 	// The first 8 are answered after 1.5s; kill while the next ones are
 	// being answered.
-	e2eWaitFor(t, 20*time.Second, "the provider to receive 10 calls", func() bool { return provider.Hits() >= 10 })
+	poll.Until(t, 20*time.Second, "the provider to receive 10 calls", func() bool { return provider.Hits() >= 10 })
 	w1.signal(os.Kill)
 	w1.waitExit(10 * time.Second)
 	if !e2eExitedBy(w1, syscall.SIGKILL) {
@@ -77,17 +78,11 @@ func TestServeSIGTERMDrainsInFlight(t *testing.T) {
 	core := e2eSubscribeReplies(t, nc)
 
 	ids := e2ePublishN(t, js, "drain", 1, 10)
-	e2eWaitFor(t, 20*time.Second, "3 requests in flight", func() bool { return provider.Hits() >= 3 })
+	poll.Until(t, 20*time.Second, "3 requests in flight", func() bool { return provider.Hits() >= 3 })
 	if n := e2eStreamMsgs(t, js, chat.StreamReplies); n != 0 {
 		t.Fatalf("%d replies before the SIGTERM; want the first requests still in flight", n)
 	}
-	start := time.Now()
-	w1.signal(syscall.SIGTERM)
-	code := w1.waitExit(15 * time.Second)
-	took := time.Since(start)
-	if code != 0 {
-		t.Fatalf("worker-1 exited %d after SIGTERM, want 0", code)
-	}
+	took := w1.terminate(15 * time.Second)
 	if took > 8*time.Second {
 		t.Errorf("drain took %s; the requests in flight needed about 1s", took)
 	}
@@ -136,15 +131,9 @@ func TestServeSIGTERMGraceOverPutsBack(t *testing.T) {
 	core := e2eSubscribeReplies(t, nc)
 
 	ids := e2ePublishN(t, js, "grace", 1, 4)
-	e2eWaitFor(t, 20*time.Second, "4 requests in flight", func() bool { return slow.Hits() >= 4 })
-	start := time.Now()
-	w1.signal(syscall.SIGTERM)
-	code := w1.waitExit(15 * time.Second)
-	took := time.Since(start)
-	if code != 0 {
-		t.Fatalf("worker-1 exited %d after SIGTERM, want 0", code)
-	}
+	poll.Until(t, 20*time.Second, "4 requests in flight", func() bool { return slow.Hits() >= 4 })
 	// The calls would take 5s; the grace is 300ms.
+	took := w1.terminate(15 * time.Second)
 	if took > 4*time.Second {
 		t.Errorf("SIGTERM to exit took %s with shutdown_grace 300ms", took)
 	}
@@ -191,7 +180,7 @@ func TestServeSurvivesNATSRestart(t *testing.T) {
 	core := e2eSubscribeReplies(t, nc)
 
 	ids := e2ePublishN(t, js, "before", 1, 12)
-	e2eWaitFor(t, 20*time.Second, "some replies and more calls in flight", func() bool {
+	poll.Until(t, 20*time.Second, "some replies and more calls in flight", func() bool {
 		return e2eStreamMsgs(t, js, chat.StreamReplies) >= 4 && provider.Hits() >= 5
 	})
 	ns.Shutdown()
@@ -220,10 +209,7 @@ func TestServeSurvivesNATSRestart(t *testing.T) {
 	if n := e2eStreamMsgs(t, js, chat.StreamDead); n != 0 {
 		t.Errorf("CHAT_DEAD holds %d messages, want 0", n)
 	}
-	w.signal(syscall.SIGTERM)
-	if code := w.waitExit(15 * time.Second); code != 0 {
-		t.Errorf("worker exited %d after SIGTERM, want 0", code)
-	}
+	w.terminate(15 * time.Second)
 	// A reply published during the outage may be published again after it
 	// (the stream keeps one); core subscribers may then see it twice.
 	twice := 0
@@ -313,10 +299,7 @@ func TestSend(t *testing.T) {
 		}
 	})
 	t.Run("no-worker", func(t *testing.T) {
-		w.signal(syscall.SIGTERM)
-		if code := w.waitExit(15 * time.Second); code != 0 {
-			t.Fatalf("worker exited %d after SIGTERM, want 0", code)
-		}
+		w.terminate(15 * time.Second)
 		out, errOut, code, took := e2eRun(t, 20*time.Second, e2eEnv(), "send", "--config", path, "--conversation", "c-none", "--timeout", "1s", "anyone")
 		if code != 2 {
 			t.Fatalf("exit %d, want 2; stdout %q stderr %s", code, out, errOut)
@@ -426,7 +409,7 @@ func TestSimCommand(t *testing.T) {
 	url := fmt.Sprintf("http://127.0.0.1:%d/v1/chat/completions", port)
 	body := `{"model":"sim-1","messages":[{"role":"user","content":"hi"}]}`
 	status := 0
-	e2eWaitFor(t, 10*time.Second, "the sim to answer", func() bool {
+	poll.Until(t, 10*time.Second, "the sim to answer", func() bool {
 		if p.exited() {
 			t.Fatalf("sim exited %d: %s", p.cmd.ProcessState.ExitCode(), p.stderr.String())
 		}
@@ -441,10 +424,7 @@ func TestSimCommand(t *testing.T) {
 	if status != http.StatusServiceUnavailable {
 		t.Errorf("POST /v1/chat/completions answered %d in mode error, want 503", status)
 	}
-	p.signal(syscall.SIGTERM)
-	if code := p.waitExit(10 * time.Second); code != 0 {
-		t.Errorf("sim exited %d after SIGTERM, want 0", code)
-	}
+	p.terminate(10 * time.Second)
 	if !strings.Contains(p.stderr.String(), "simulated provider stopped") {
 		t.Errorf("stderr: %s", p.stderr.String())
 	}
@@ -475,7 +455,7 @@ func TestServeDuplicateRequestsAcrossWorkers(t *testing.T) {
 		t.Fatalf("CHAT_REQUESTS holds %d messages, want 20", n)
 	}
 	e2eWaitReplies(t, js, ids, 30*time.Second)
-	e2eWaitFor(t, 30*time.Second, "every copy to be acked", func() bool { return e2eConsumerIdle(t, js) })
+	poll.Until(t, 30*time.Second, "every copy to be acked", func() bool { return e2eConsumerIdle(t, js) })
 	counts, _ := e2eReplies(t, js)
 	e2eExactlyOnce(t, ids, counts)
 	core.exactlyOnce(t, ids)
@@ -501,12 +481,7 @@ func TestServeWithoutNATS(t *testing.T) {
 		p := e2eStart(t, "early", e2eEnv(), "serve", "--config", path)
 		p.port = cfg.metricsPort
 		p.waitReadyz(10*time.Second, http.StatusServiceUnavailable)
-		start := time.Now()
-		p.signal(syscall.SIGTERM)
-		if code := p.waitExit(15 * time.Second); code != 0 {
-			t.Errorf("exit %d after SIGTERM while waiting for NATS, want 0", code)
-		}
-		if took := time.Since(start); took > 5*time.Second {
+		if took := p.terminate(15 * time.Second); took > 5*time.Second {
 			t.Errorf("SIGTERM to exit took %s", took)
 		}
 	})
@@ -529,13 +504,7 @@ func TestServeWithoutNATS(t *testing.T) {
 		ns.Shutdown()
 		ns.WaitForShutdown()
 		p.waitReadyz(10*time.Second, http.StatusServiceUnavailable)
-		start := time.Now()
-		p.signal(syscall.SIGTERM)
-		code := p.waitExit(30 * time.Second)
-		took := time.Since(start)
-		if code != 0 {
-			t.Errorf("exit %d after SIGTERM during a NATS outage, want 0", code)
-		}
+		took := p.terminate(30 * time.Second)
 		if took > 12*time.Second {
 			t.Errorf("SIGTERM to exit took %s during a NATS outage", took)
 		}
