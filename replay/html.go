@@ -132,9 +132,9 @@ svg .axis { stroke: #999; stroke-width: 1; }
 {{with .Chart}}<p class="legend">{{range .Legend}}<span><svg class="swatch" width="12" height="12"><rect width="12" height="12" fill="{{.Color}}"/></svg>{{.Name}}</span>{{end}}<span>shaded: breaker open or half-open</span></p>
 <svg id="timeline" viewBox="0 0 {{.W}} {{.H}}" width="100%" role="img" aria-label="requests per minute by provider, failures and breaker-open periods">
 <g class="grid-lines">{{range .Grid}}<line class="grid" x1="{{.X1}}" y1="{{.Y1}}" x2="{{.X2}}" y2="{{.Y2}}"/>{{end}}</g>
-<g class="breaker-shading">{{range .Shades}}<rect class="breaker-open" x="{{.Plot.X}}" y="{{.Plot.Y}}" width="{{.Plot.W}}" height="{{.Plot.H}}" fill="{{.Fill}}" fill-opacity="0.12"><title>{{.Title}}</title></rect>{{end}}</g>
 <g class="bars">{{range .Minutes}}<g class="minute"><title>{{.Title}}</title>{{range .Rects}}<rect x="{{.X}}" y="{{.Y}}" width="{{.W}}" height="{{.H}}" fill="{{.Fill}}"/>{{end}}</g>
 {{end}}</g>
+<g class="breaker-shading">{{range .Shades}}<rect class="breaker-open" x="{{.Plot.X}}" y="{{.Plot.Y}}" width="{{.Plot.W}}" height="{{.Plot.H}}" fill="{{.Fill}}" fill-opacity="0.22"><title>{{.Title}}</title></rect>{{end}}</g>
 <line class="axis" x1="{{.Axis.X1}}" y1="{{.Axis.Y1}}" x2="{{.Axis.X2}}" y2="{{.Axis.Y2}}"/>
 <g class="breaker-lanes">{{range .LaneLine}}<line class="grid" x1="{{.X1}}" y1="{{.Y1}}" x2="{{.X2}}" y2="{{.Y2}}"/>{{end}}{{range .Lanes}}<text x="{{.X}}" y="{{.Y}}" text-anchor="{{.Anchor}}">{{.Text}}</text>{{end}}{{range .Shades}}<rect class="breaker-lane" x="{{.Lane.X}}" y="{{.Lane.Y}}" width="{{.Lane.W}}" height="{{.Lane.H}}" fill="{{.Fill}}" fill-opacity="0.7"><title>{{.Title}}</title></rect>{{end}}</g>
 <g class="labels">{{range .Labels}}<text x="{{.X}}" y="{{.Y}}" text-anchor="{{.Anchor}}">{{.Text}}</text>{{end}}</g>

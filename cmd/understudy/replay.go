@@ -19,7 +19,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	conv := fs.String("conversation", "", "only this conversation")
 	format := fs.String("format", "text", "text, json or html")
 	out := fs.String("out", "", "write the report to FILE instead of stdout")
-	quiet := fs.Bool("quiet", false, "no progress on stderr")
+	quiet := fs.Bool("quiet", false, "no progress on stderr (it is drawn only when stderr is a terminal anyway)")
 	redrive := fs.Bool("redrive", false, "republish the window's requests under --prefix instead of reporting")
 	prefix := fs.String("prefix", "", "with --redrive: the subject prefix to republish to (e.g. shadow)")
 	compare := fs.String("compare", "", "compare the window with the same window under another prefix (a redrive's shadow run)")
@@ -42,7 +42,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		}
 	}
 	opt.Conversation = *conv
-	if !*quiet {
+	if !*quiet && isTerminal(stderr) {
 		opt.Progress = stderr
 	}
 	if err := opt.Validate(now); err != nil {
@@ -159,4 +159,15 @@ func demoReport(ctx context.Context, b *broker.Broker, subj chat.Subjects, forma
 	}
 	fmt.Fprintln(w)
 	return writeReport(rep, format, w)
+}
+
+// isTerminal reports whether w is a character device (a terminal), where a
+// progress line rewritten in place makes sense.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
