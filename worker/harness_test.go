@@ -32,7 +32,7 @@ var subj, _ = chat.NewSubjects("chat")
 
 // newBroker starts an embedded JetStream server in a temporary store and
 // sets up the topology.
-func newBroker(t *testing.T, topo broker.Topology) *broker.Broker {
+func newBroker(t testing.TB, topo broker.Topology) *broker.Broker {
 	t.Helper()
 	ctx := context.Background()
 	b, err := broker.Connect(ctx, broker.Config{StoreDir: t.TempDir(), Listen: "-"}, "test", zerolog.Nop())
@@ -57,7 +57,7 @@ type fleet struct {
 	built []*providers.Built
 }
 
-func newFleet(t *testing.T, names ...string) *fleet {
+func newFleet(t testing.TB, names ...string) *fleet {
 	t.Helper()
 	f := &fleet{names: names}
 	for _, n := range names {
@@ -108,7 +108,7 @@ type running struct {
 
 // startPool runs a pool over bk and the fleet's providers until the test
 // ends (or stop is called).
-func startPool(t *testing.T, bk Broker, f *fleet, s setup) *running {
+func startPool(t testing.TB, bk Broker, f *fleet, s setup) *running {
 	t.Helper()
 	var links []*Link
 	var pool *Pool
