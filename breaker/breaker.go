@@ -3,6 +3,7 @@ package breaker
 import (
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -114,6 +115,9 @@ type Breaker struct {
 	probe    atomic.Uint64
 	openedAt atomic.Int64
 
+	// mu serialises the verdicts of this process's own calls with forced
+	// changes, so that forcing marks exactly the forced transitions.
+	mu sync.Mutex
 	// forcing marks transitions made by ForceOpen/ForceClosed.
 	forcing atomic.Bool
 	gate    ProbeGate
@@ -238,14 +242,43 @@ func (b *Breaker) Allow() (done func(Verdict), err error) {
 // Call it before the breaker is used.
 func (b *Breaker) SetProbeGate(g ProbeGate) { b.gate = g }
 
-// ForceOpen opens the breaker because a peer found the provider failing
-// (the transition is reported with Forced set). It stays open OpenFor from
-// now. A breaker already open is left alone.
-func (b *Breaker) ForceOpen() {
-	if b.State() == Open {
+// Admitting reports whether a call could be let through now: the breaker
+// is closed, or half-open with its probe not yet handed out here and not
+// known to be held by a peer.
+func (b *Breaker) Admitting() bool {
+	snap := b.snap.Load()
+	switch State(snap & 3) {
+	case Closed:
+		return true
+	case Open:
+		return false
+	}
+	return b.probe.Load() != snap>>2 && time.Now().UnixNano() >= b.gateDenied.Load()
+}
+
+// ForceOpen opens the breaker until the given time because a peer found the
+// provider failing (the transition is reported with Forced set). A breaker
+// already open, or a time already past, is left alone.
+func (b *Breaker) ForceOpen(until time.Time) {
+	left := time.Until(until)
+	if left <= 0 || b.State() == Open {
 		return
 	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	b.force(circuitbreaker.StateOpen)
+	b.openedAt.Store(until.Add(-b.openFor).UnixNano())
+	if left >= b.openFor {
+		return // the library's own timer half-opens it
+	}
+	gen := b.snap.Load() >> 2
+	time.AfterFunc(left, func() {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if b.snap.Load()>>2 == gen { // still the open state forced here
+			b.force(circuitbreaker.StateHalfOpen)
+		}
+	})
 }
 
 // ForceClosed closes the breaker because a peer's probe found the provider
@@ -254,9 +287,12 @@ func (b *Breaker) ForceClosed() {
 	if b.State() == Closed {
 		return
 	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	b.force(circuitbreaker.StateClosed)
 }
 
+// force sets the library's state; b.mu must be held.
 func (b *Breaker) force(s circuitbreaker.State) {
 	b.forcing.Store(true)
 	defer b.forcing.Store(false)
@@ -269,9 +305,13 @@ func (b *Breaker) record(gen uint64, v Verdict) {
 	}
 	switch v {
 	case Success:
+		b.mu.Lock()
 		b.cb.Success()
+		b.mu.Unlock()
 	case Failure:
+		b.mu.Lock()
 		b.cb.Fail()
+		b.mu.Unlock()
 	case Ignore:
 		// A probe that says nothing hands the probe to the next caller.
 		b.probe.CompareAndSwap(gen, gen-1)

@@ -202,11 +202,12 @@ func TestForcedTransitionsAreMarked(t *testing.T) {
 		got = append(got, tr)
 		mu.Unlock()
 	})
-	b.ForceOpen()
+	b.ForceOpen(time.Now().Add(-time.Second)) // already over: nothing
+	b.ForceOpen(time.Now().Add(time.Hour))
 	if _, err := b.Allow(); !errors.Is(err, ErrOpen) {
 		t.Fatalf("Allow after ForceOpen: %v", err)
 	}
-	b.ForceOpen() // already open: no transition
+	b.ForceOpen(time.Now().Add(time.Hour)) // already open: no transition
 	b.ForceClosed()
 	call(t, b, Success)
 	b.ForceClosed() // already closed: no transition
@@ -279,5 +280,33 @@ func TestProbeGateAcrossProcesses(t *testing.T) {
 	defer g.mu.Unlock()
 	if b.State() != Closed || g.done != 1 {
 		t.Fatalf("state %s, gate released %d times; want closed and 1", b.State(), g.done)
+	}
+}
+
+func TestForceOpenLastsUntilThePeersTime(t *testing.T) {
+	b := New("p", Config{ConsecutiveFailures: 5, OpenFor: time.Hour}, nil)
+	until := time.Now().Add(50 * time.Millisecond)
+	b.ForceOpen(until)
+	if got := b.OpenUntil(); !got.Equal(until.Truncate(0)) && got.Sub(until).Abs() > time.Millisecond {
+		t.Errorf("OpenUntil %v, want the peer's %v", got, until)
+	}
+	if b.Admitting() {
+		t.Error("an open breaker admits calls")
+	}
+	// Half-open at the peer's time, not open_for (an hour) from now.
+	waitState(t, b, HalfOpen)
+	if !b.Admitting() {
+		t.Error("half-open with no probe out does not admit")
+	}
+	done, err := b.Allow()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Admitting() {
+		t.Error("half-open with its probe out still admits")
+	}
+	done(Success)
+	if b.State() != Closed {
+		t.Errorf("state %s after the probe's success", b.State())
 	}
 }

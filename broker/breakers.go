@@ -89,11 +89,11 @@ func (b *Broker) ClaimProbe(ctx context.Context, provider, worker string, stale 
 	if _, err := b.breakers.Create(ctx, probeKey(provider), v); err == nil {
 		return true, nil
 	} else if !errors.Is(err, jetstream.ErrKeyExists) {
-		return false, err
+		return false, fmt.Errorf("claim probe of %s: %w", provider, err)
 	}
 	e, err := b.breakers.Get(ctx, probeKey(provider))
 	if err != nil {
-		return false, err
+		return false, fmt.Errorf("claim probe of %s: %w", provider, err)
 	}
 	var c probeClaim
 	if json.Unmarshal(e.Value(), &c) == nil && time.Since(c.At) < stale {
@@ -103,16 +103,29 @@ func (b *Broker) ClaimProbe(ctx context.Context, provider, worker string, stale 
 		if errors.Is(err, jetstream.ErrKeyExists) {
 			return false, nil
 		}
-		return false, err
+		return false, fmt.Errorf("take over probe of %s: %w", provider, err)
 	}
 	return true, nil
 }
 
-// ReleaseProbe gives provider's probe back once its verdict is known.
-func (b *Broker) ReleaseProbe(ctx context.Context, provider string) error {
-	err := b.breakers.Delete(ctx, probeKey(provider))
-	if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-		return err
+// ReleaseProbe gives provider's probe back once its verdict is known, if
+// worker still holds it (a peer may have taken over a claim it thought
+// abandoned; that claim is not this worker's to delete).
+func (b *Broker) ReleaseProbe(ctx context.Context, provider, worker string) error {
+	e, err := b.breakers.Get(ctx, probeKey(provider))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("release probe of %s: %w", provider, err)
+	}
+	var c probeClaim
+	if json.Unmarshal(e.Value(), &c) != nil || c.Worker != worker {
+		return nil
+	}
+	err = b.breakers.Delete(ctx, probeKey(provider), jetstream.LastRevision(e.Revision()))
+	if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) && !errors.Is(err, jetstream.ErrKeyExists) {
+		return fmt.Errorf("release probe of %s: %w", provider, err)
 	}
 	return nil
 }

@@ -29,10 +29,13 @@ const (
 )
 
 type claim struct {
-	Done   bool      `json:"done"`
-	Seq    uint64    `json:"seq"`
-	Worker string    `json:"worker"`
-	At     time.Time `json:"at"`
+	Done bool `json:"done"`
+	// Requeued: the holder put its message back after a failed ladder,
+	// having published nothing; its next delivery needs no look for a reply.
+	Requeued bool      `json:"requeued,omitempty"`
+	Seq      uint64    `json:"seq"`
+	Worker   string    `json:"worker"`
+	At       time.Time `json:"at"`
 }
 
 // claimKey turns a request id (any characters) into a valid KV key.
@@ -68,8 +71,9 @@ func (b *Broker) Claim(ctx context.Context, id string, seq uint64, worker string
 		if c.Done {
 			return ClaimDone, nil
 		}
-		// The same message again: JetStream redelivers only when the earlier
-		// delivery was lost, so its worker no longer holds it.
+		// The same message again: either its holder put it back (Requeued)
+		// or the delivery was lost (ack wait ran out: the worker died or
+		// stalled); then its worker no longer holds it.
 		if c.Seq != seq && time.Since(c.At) < stale {
 			return ClaimBusy, nil
 		}
@@ -79,9 +83,41 @@ func (b *Broker) Claim(ctx context.Context, id string, seq uint64, worker string
 			}
 			return 0, fmt.Errorf("take over claim %q: %w", id, err)
 		}
+		if c.Seq == seq && c.Requeued {
+			return ClaimWon, nil
+		}
 		return ClaimTakenOver, nil
 	}
 	return ClaimBusy, nil
+}
+
+// Requeue records that the message with stream sequence seq is being put
+// back after a failed ladder with nothing published, so its next delivery
+// can skip the look for an earlier reply.
+func (b *Broker) Requeue(ctx context.Context, id string, seq uint64, worker string) error {
+	v, _ := json.Marshal(claim{Requeued: true, Seq: seq, Worker: worker, At: time.Now()})
+	if _, err := b.claims.Put(ctx, claimKey(id), v); err != nil {
+		return fmt.Errorf("record %q as requeued: %w", id, err)
+	}
+	return nil
+}
+
+// Answered reports whether request id has been answered, without touching
+// its claim; held is true when another message's fresh claim (younger than
+// stale) holds it.
+func (b *Broker) Answered(ctx context.Context, id string, seq uint64, stale time.Duration) (answered, held bool, err error) {
+	entry, err := b.claims.Get(ctx, claimKey(id))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return false, false, nil
+	}
+	if err != nil {
+		return false, false, fmt.Errorf("read claim %q: %w", id, err)
+	}
+	var c claim
+	if err := json.Unmarshal(entry.Value(), &c); err != nil {
+		return false, false, fmt.Errorf("claim %q holds %q: %w", id, entry.Value(), err)
+	}
+	return c.Done, !c.Done && c.Seq != seq && time.Since(c.At) < stale, nil
 }
 
 // Finish marks request id answered: any later message with this id is acked

@@ -24,25 +24,26 @@ type Stored struct {
 // ScanBatch is how many messages one pull of a scan asks for.
 const ScanBatch = 512
 
+// scanInactive is how long a scan's ordered consumer outlives its last pull.
+const scanInactive = 5 * time.Second
+
 // Scan calls fn, in stream order, for every message of stream whose subject
 // matches filter and that was stored at or after since and before until (the
 // zero until: up to the end of the stream when the scan started). It reads
 // through an ordered consumer, holding one batch at a time, so a stream of any
 // size is read in bounded memory. fn returning an error stops the scan.
 func (b *Broker) Scan(ctx context.Context, stream, filter string, since, until time.Time, fn func(*Stored) error) error {
-	st, err := b.js.Stream(ctx, stream)
+	st, err := b.js.Stream(ctx, stream) // fetches the stream's info
 	if err != nil {
 		return fmt.Errorf("scan %s: %w", stream, err)
 	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		return fmt.Errorf("scan %s: %w", stream, err)
-	}
+	info := st.CachedInfo()
 	last := info.State.LastSeq
 	if info.State.Msgs == 0 || (!info.State.LastTime.IsZero() && info.State.LastTime.Before(since)) {
 		return nil
 	}
-	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy}
+	// The server removes the scan's consumer soon after the scan ends.
+	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy, InactiveThreshold: scanInactive}
 	if filter != "" {
 		cfg.FilterSubjects = []string{filter}
 	}

@@ -47,7 +47,7 @@ func (s *sharedBreakers) Done(provider string) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), sharedOpTimeout)
 		defer cancel()
-		if err := s.b.ReleaseProbe(ctx, provider); err != nil {
+		if err := s.b.ReleaseProbe(ctx, provider, s.worker); err != nil {
 			s.log.Warn().Err(err).Str("provider", provider).Msg("cannot release the half-open probe (it expires by itself)")
 		}
 	}()
@@ -73,9 +73,9 @@ func (s *sharedBreakers) apply(provider string, st broker.BreakerState) {
 	}
 	switch st.State {
 	case breaker.Open.String():
-		if time.Since(st.At) < s.openFor {
-			br.ForceOpen()
-		}
+		// Open until the peer's breaker half-opens, not open_for from now:
+		// a replica that starts late must not sit out longer than the rest.
+		br.ForceOpen(st.At.Add(s.openFor))
 	case breaker.Closed.String():
 		br.ForceClosed()
 	}

@@ -27,8 +27,12 @@ func (l *Link) cooling(now time.Time) bool { return l.coolUntil.Load() > now.Uni
 
 // available reports whether a call to l could be made now.
 func (l *Link) available(now time.Time) bool {
-	return !l.cooling(now) && l.Breaker.State() != breaker.Open
+	return !l.cooling(now) && l.Breaker.Admitting()
 }
+
+// probeRecheck is how soon a provider whose half-open probe is out is
+// looked at again: the probe's verdict comes at an unknown time.
+const probeRecheck = 250 * time.Millisecond
 
 // availableAt is when l can next be tried (now when it can be now).
 func (l *Link) availableAt(now time.Time) time.Time {
@@ -36,8 +40,15 @@ func (l *Link) availableAt(now time.Time) time.Time {
 	if c := l.coolUntil.Load(); c > now.UnixNano() {
 		at = time.Unix(0, c)
 	}
-	if u := l.Breaker.OpenUntil(); u.After(at) {
-		at = u
+	switch {
+	case l.Breaker.State() == breaker.Open:
+		if u := l.Breaker.OpenUntil(); u.After(at) {
+			at = u
+		}
+	case !l.Breaker.Admitting():
+		if r := now.Add(probeRecheck); r.After(at) {
+			at = r
+		}
 	}
 	return at
 }
@@ -68,7 +79,14 @@ type Result struct {
 	Index    int
 	Provider string
 	Attempts []chat.Attempt
+	// Calls counts the attempts that reached a provider (not skipped);
+	// Rejected those of them the provider refused (400/404/422).
+	Calls, Rejected int
 }
+
+// AllRejected reports whether every provider called refused the request: a
+// request no provider will take, not an outage to wait out.
+func (r *Result) AllRejected() bool { return r.Calls > 0 && r.Rejected == r.Calls }
 
 // Degraded reports whether a provider other than the primary answered.
 func (r *Result) Degraded() bool { return r.Response != nil && r.Index > 0 }
@@ -102,34 +120,46 @@ func (c *Chain) Run(ctx context.Context, req *providers.Request, observe Attempt
 			break
 		}
 		name := l.Provider.Name()
-		now := time.Now()
-		if l.cooling(now) {
+		if l.cooling(time.Now()) {
 			c.record(&res, observe, chat.Attempt{Provider: name, Outcome: chat.OutcomeRateLimited}, nil)
 			continue
+		}
+		// Look before the backoff, take the breaker's permission after it:
+		// a half-open probe is not held through someone's sleep.
+		if !l.Breaker.Admitting() {
+			c.record(&res, observe, chat.Attempt{Provider: name, Outcome: chat.OutcomeBreakerOpen}, nil)
+			continue
+		}
+		if tried && !sleep(ctx, bo.Duration()) {
+			break
 		}
 		done, err := l.Breaker.Allow()
 		if err != nil {
 			c.record(&res, observe, chat.Attempt{Provider: name, Outcome: chat.OutcomeBreakerOpen}, nil)
 			continue
 		}
-		if tried && !sleep(ctx, bo.Duration()) {
-			done(breaker.Ignore)
-			break
-		}
 		tried = true
-		a, resp, err := c.attempt(ctx, l, i, req)
+		a, resp, judged, err := c.attempt(ctx, l, i, req)
+		res.Calls++
+		if a.Outcome == chat.OutcomeRejected {
+			res.Rejected++
+		}
 		switch {
 		case err == nil:
 			done(breaker.Success)
 		case ctx.Err() != nil:
-			// The request's deadline or a shutdown cut the call short: that
-			// says nothing about the provider.
+			// A shutdown or the request's own deadline ended the call:
+			// that says nothing about the provider.
 			done(breaker.Ignore)
 		case a.Outcome == chat.OutcomeRateLimited:
 			var perr *providers.Error
 			if errors.As(err, &perr) {
 				l.coolUntil.Store(time.Now().Add(perr.RetryAfter).UnixNano())
 			}
+			done(breaker.Ignore)
+		case a.Outcome == chat.OutcomeTimeout && !judged:
+			// Cut short by a tiny budget (a request near its deadline):
+			// too little time to blame the provider.
 			done(breaker.Ignore)
 		case providers.CountsAsFailure(a.Outcome):
 			done(breaker.Failure)
@@ -152,24 +182,34 @@ func (c *Chain) record(res *Result, observe AttemptObserver, a chat.Attempt, err
 	}
 }
 
-// attempt makes one call to l, bounded by its budget.
-func (c *Chain) attempt(ctx context.Context, l *Link, idx int, req *providers.Request) (chat.Attempt, *providers.Response, error) {
+// minJudgedBudget: a timeout within a budget at least this long (or the
+// provider's whole timeout, if shorter) counts against the provider's
+// breaker; within a shorter budget it says too little.
+const minJudgedBudget = time.Second
+
+// attempt makes one call to l, bounded by its budget: the provider's timeout,
+// or less when the request's deadline is near: the time left shared by the
+// providers still available, and a little short of the deadline itself, so
+// that the attempt's own timer fires first and a hung provider is seen as
+// timing out (which counts), not as the request giving up (which does not).
+// judged says whether a timeout within this budget may be held against the
+// provider.
+func (c *Chain) attempt(ctx context.Context, l *Link, idx int, req *providers.Request) (a chat.Attempt, resp *providers.Response, judged bool, err error) {
 	budget := l.Timeout
 	if dl, ok := ctx.Deadline(); ok {
 		left := time.Until(dl)
-		share := left / time.Duration(c.availableFrom(idx))
-		if share < budget {
-			budget = share
-		}
+		left -= min(left/20, 100*time.Millisecond)
+		budget = min(budget, left/time.Duration(c.availableFrom(idx)))
 	}
+	judged = budget >= min(l.Timeout, minJudgedBudget)
 	actx, cancel := context.WithTimeout(ctx, budget)
 	defer cancel()
 	start := time.Now()
-	resp, err := l.Provider.Complete(actx, req)
-	a := chat.Attempt{Provider: l.Provider.Name(), LatencyMS: time.Since(start).Milliseconds()}
+	resp, err = l.Provider.Complete(actx, req)
+	a = chat.Attempt{Provider: l.Provider.Name(), LatencyMS: time.Since(start).Milliseconds()}
 	if err == nil {
 		a.Outcome, a.StatusCode = chat.OutcomeOK, resp.StatusCode
-		return a, resp, nil
+		return a, resp, judged, nil
 	}
 	var perr *providers.Error
 	if !errors.As(err, &perr) {
@@ -177,7 +217,7 @@ func (c *Chain) attempt(ctx context.Context, l *Link, idx int, req *providers.Re
 		err = perr
 	}
 	a.Outcome, a.StatusCode = perr.Outcome, perr.StatusCode
-	return a, nil, err
+	return a, nil, judged, err
 }
 
 // availableFrom counts the providers from idx on that could be tried now

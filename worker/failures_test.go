@@ -170,10 +170,11 @@ func TestMaxDeliveriesExhaustsProviders(t *testing.T) {
 	b := newBroker(t, broker.Topology{MaxDeliveries: 3})
 	f := newFleet(t, "deepseek", "llama")
 	for _, s := range f.sims {
-		s.SetMode(sim.ModeReject) // never counts: the breaker stays closed
+		s.SetMode(sim.ModeError)
 	}
 	s := defaultSetup()
 	s.cfg.MaxDeliveries = 3
+	s.breaker.ConsecutiveFailures = 1000 // keep calling
 	startPool(t, b, f, s)
 	publish(t, b, "c-1", request("doomed"), "")
 	got := waitReplies(t, b, 1)
@@ -181,13 +182,36 @@ func TestMaxDeliveriesExhaustsProviders(t *testing.T) {
 	if r.Status != chat.StatusFailed || r.Error.Code != chat.CodeProvidersExhausted || r.Deliveries != 3 {
 		t.Fatalf("%+v, want failed providers_exhausted after 3 deliveries", r.Reply)
 	}
-	if len(r.Attempts) != 2 || r.Attempts[0].Outcome != chat.OutcomeRejected {
-		t.Errorf("attempts %+v, want the last ladder's two rejections", r.Attempts)
+	if len(r.Attempts) != 2 || r.Attempts[0].Outcome != chat.OutcomeError || r.Attempts[1].StatusCode != 503 {
+		t.Errorf("attempts %+v, want the last ladder's two 503s", r.Attempts)
 	}
 	if h := f.sim("deepseek").Hits(); h != 3 {
 		t.Errorf("deepseek called %d times, want once per delivery (3)", h)
 	}
 	if d := stored(t, b, chat.KindDead, subj.AllDead()); len(d) != 1 || d[0].Header.Get(chat.HeaderCode) != chat.CodeProvidersExhausted {
+		t.Errorf("dead letters %v", d)
+	}
+}
+
+func TestEveryProviderRejectingFailsAtOnce(t *testing.T) {
+	b := newBroker(t, broker.Topology{})
+	f := newFleet(t, "deepseek", "llama")
+	for _, s := range f.sims {
+		s.SetMode(sim.ModeReject)
+	}
+	r := startPool(t, b, f, defaultSetup())
+	publish(t, b, "c-1", request("refused"), "")
+	rep := waitReplies(t, b, 1)["refused"]
+	if rep.Status != chat.StatusFailed || rep.Error.Code != chat.CodeInvalidRequest || rep.Deliveries != 1 {
+		t.Fatalf("%+v, want failed invalid_request on the first delivery: no provider will take it", rep.Reply)
+	}
+	if n := len(events(t, b, chat.EventRetry)); n != 0 {
+		t.Errorf("%d retries of a request every provider rejects", n)
+	}
+	if st := r.chain.Links()[0].Breaker.State(); st != breaker.Closed {
+		t.Errorf("rejections moved the breaker to %s", st)
+	}
+	if d := stored(t, b, chat.KindDead, subj.AllDead()); len(d) != 1 || d[0].Header.Get(chat.HeaderCode) != chat.CodeInvalidRequest {
 		t.Errorf("dead letters %v", d)
 	}
 }

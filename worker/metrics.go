@@ -13,6 +13,7 @@ const (
 	resultRequeued  = "requeued"
 	resultInvalid   = "invalid"
 	resultDuplicate = "duplicate"
+	resultBusy      = "busy"
 )
 
 // Metrics are the Prometheus collectors of a worker process.
@@ -37,7 +38,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	latency := []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120}
 	m := &Metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "understudy_requests_total",
-			Help: "Deliveries handled, by result: ok, failed, requeued, invalid, duplicate."}, []string{"result"}),
+			Help: "Deliveries handled, by result: ok, failed, requeued, invalid, duplicate (already answered), busy (same id in flight elsewhere)."}, []string{"result"}),
 		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "understudy_attempts_total",
 			Help: "Provider attempts by provider and outcome."}, []string{"provider", "outcome"}),
 		attemptSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "understudy_attempt_duration_seconds",

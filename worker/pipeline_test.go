@@ -3,6 +3,7 @@ package worker
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -202,5 +203,44 @@ func TestHalfOpenSendsExactlyOneProbe(t *testing.T) {
 	}
 	if br.State() != breaker.Closed {
 		t.Errorf("breaker %s after a successful probe, want closed", br.State())
+	}
+}
+
+func TestHungLastProviderTripsItsBreaker(t *testing.T) {
+	// With one provider left, its budget is the request's time left; the
+	// attempt's own timer must still fire first, so the hang counts.
+	b := newBroker(t, broker.Topology{})
+	f := newFleet(t, "only")
+	f.sim("only").SetMode(sim.ModeHang)
+	s := defaultSetup()
+	s.breaker = breaker.Config{ConsecutiveFailures: 2, OpenFor: 500 * time.Millisecond}
+	s.timeout = map[string]time.Duration{"only": 30 * time.Second}
+	var opened atomic.Bool
+	r := startPool(t, b, f, s)
+	for i := range 2 {
+		req := request(fmt.Sprintf("hung-%d", i))
+		req.Deadline = time.Now().Add(1500 * time.Millisecond)
+		publish(t, b, "c-1", req, "")
+		poll.Until(t, 10*time.Second, "the attempt to time out", func() bool {
+			if r.chain.Links()[0].Breaker.State() != breaker.Closed {
+				opened.Store(true)
+			}
+			return len(events(t, b, chat.EventAttempt)) >= i+1
+		})
+	}
+	poll.Until(t, 5*time.Second, "the breaker to open", func() bool {
+		return opened.Load() || r.chain.Links()[0].Breaker.State() != breaker.Closed
+	})
+	// Pulling resumes when the breaker half-opens; the requests, past
+	// their deadline by then, are answered deadline_exceeded.
+	for id, rep := range waitReplies(t, b, 2) {
+		if rep.Error == nil || rep.Error.Code != chat.CodeDeadlineExceeded {
+			t.Errorf("%s: %+v, want deadline_exceeded", id, rep.Reply)
+		}
+	}
+	for _, ev := range events(t, b, chat.EventAttempt) {
+		if ev.Outcome != chat.OutcomeTimeout || ev.LatencyMS < 1000 {
+			t.Errorf("attempt %+v, want a timeout of about the request's 1.5s", ev)
+		}
 	}
 }

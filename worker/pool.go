@@ -21,6 +21,8 @@ type Broker interface {
 	Fetch(max int, wait time.Duration) (<-chan *broker.Delivery, func() error, error)
 	Claim(ctx context.Context, id string, seq uint64, worker string, stale time.Duration) (broker.ClaimResult, error)
 	Finish(ctx context.Context, id string, seq uint64, worker string) error
+	Requeue(ctx context.Context, id string, seq uint64, worker string) error
+	Answered(ctx context.Context, id string, seq uint64, stale time.Duration) (answered, held bool, err error)
 	FindReply(ctx context.Context, conv, id string, since time.Time) (bool, error)
 	PublishReply(ctx context.Context, conv, msgID string, reply *chat.Reply) (duplicate bool, err error)
 	PublishDead(ctx context.Context, data []byte, d broker.DeadLetter) error
@@ -37,6 +39,10 @@ var _ Broker = (*broker.Broker)(nil)
 // fetchWait bounds one pull: how long a pull waits for requests, and so how
 // long a stop or a change of provider availability may take to be noticed.
 const fetchWait = time.Second
+
+// idleRecheck bounds how long a pool that stopped pulling (no provider
+// available) goes without looking again.
+const idleRecheck = 500 * time.Millisecond
 
 // Options are the pieces a Pool is built from.
 type Options struct {
@@ -117,7 +123,9 @@ func (p *Pool) Run(ctx context.Context) error {
 	for ctx.Err() == nil {
 		if at := p.chain.NextAvailable(time.Now()); at.After(time.Now()) {
 			p.log.Debug().Time("until", at).Msg("no provider available; not pulling")
-			sleep(ctx, time.Until(at))
+			// Look again at least every idleRecheck: a peer replica's
+			// verdict may reopen a provider before that time.
+			sleep(ctx, min(time.Until(at), idleRecheck))
 			continue
 		}
 		free := cap(slots) - len(slots)

@@ -32,10 +32,15 @@ func (p *Pool) handle(ctx context.Context, d *broker.Delivery) {
 		p.m.queueWait.Observe(start.Sub(d.Published).Seconds())
 	}
 
-	switch res, err := p.b.Claim(ctx, req.ID, d.StreamSeq, p.id, 10*p.cfg.AckWait); {
+	deadline := req.EffectiveDeadline(d.Published, p.cfg.RequestTTL)
+	switch res, err := p.b.Claim(ctx, req.ID, d.StreamSeq, p.id, p.staleClaim()); {
 	case err != nil:
+		if !time.Now().Before(deadline) {
+			p.giveUp(ctx, d, &req, token, nil, chat.CodeDeadlineExceeded, "deadline passed before a provider answered", start, &log)
+			return
+		}
 		log.Warn().Err(err).Msg("cannot claim the request id; putting it back")
-		p.putBack(d, p.cfg.RequeueMin, &log)
+		p.putBack(d, p.requeueDelay(d.NumDelivered), &log)
 		return
 	case res == broker.ClaimDone:
 		p.m.requests.WithLabelValues(resultDuplicate).Inc()
@@ -43,20 +48,20 @@ func (p *Pool) handle(ctx context.Context, d *broker.Delivery) {
 		_ = d.Ack()
 		return
 	case res == broker.ClaimBusy:
-		p.m.requests.WithLabelValues(resultDuplicate).Inc()
+		p.m.requests.WithLabelValues(resultBusy).Inc()
 		log.Info().Msg("same request id in flight elsewhere; looking again later")
-		p.putBack(d, p.cfg.RequeueMin, &log)
+		p.putBack(d, p.requeueDelay(d.NumDelivered), &log)
 		return
 	case res == broker.ClaimTakenOver:
 		// An earlier delivery was lost; it may have replied before dying.
 		found, err := p.b.FindReply(ctx, req.ConversationID, req.ID, d.Published)
 		if err != nil {
 			log.Warn().Err(err).Msg("cannot look for an earlier reply; putting the request back")
-			p.putBack(d, p.cfg.RequeueMin, &log)
+			p.putBack(d, p.requeueDelay(d.NumDelivered), &log)
 			return
 		}
 		if found {
-			p.finish(ctx, d, req.ID, &log)
+			p.finish(ctx, d.StreamSeq, req.ID, &log)
 			p.m.requests.WithLabelValues(resultDuplicate).Inc()
 			log.Info().Msg("reply found from an earlier delivery; acking without a provider call")
 			_ = d.Ack()
@@ -64,7 +69,6 @@ func (p *Pool) handle(ctx context.Context, d *broker.Delivery) {
 		}
 	}
 
-	deadline := req.EffectiveDeadline(d.Published, p.cfg.RequestTTL)
 	if !time.Now().Before(deadline) {
 		p.giveUp(ctx, d, &req, token, nil, chat.CodeDeadlineExceeded, "deadline passed before a provider answered", start, &log)
 		return
@@ -86,19 +90,28 @@ func (p *Pool) handle(ctx context.Context, d *broker.Delivery) {
 		p.putBack(d, 0, &log)
 	case !time.Now().Before(deadline):
 		p.giveUp(ctx, d, &req, token, res.Attempts, chat.CodeDeadlineExceeded, "deadline passed before a provider answered", start, &log)
-	case p.cfg.MaxDeliveries > 0 && d.NumDelivered >= uint64(p.cfg.MaxDeliveries):
+	case res.AllRejected():
+		// Every provider refused it (400/404/422): waiting will not help.
+		p.giveUp(ctx, d, &req, token, res.Attempts, chat.CodeInvalidRequest, "every provider called rejected the request (400/404/422)", start, &log)
+	case res.Calls > 0 && p.cfg.MaxDeliveries > 0 && d.NumDelivered >= uint64(p.cfg.MaxDeliveries):
+		// A ladder that only skipped providers (all open or cooling down)
+		// never gives up: it waits for one to come back.
 		p.giveUp(ctx, d, &req, token, res.Attempts, chat.CodeProvidersExhausted,
-			fmt.Sprintf("every provider failed on each of %d deliveries (worker.max_deliveries)", d.NumDelivered), start, &log)
+			fmt.Sprintf("every provider failed, on delivery %d (worker.max_deliveries %d)", d.NumDelivered, p.cfg.MaxDeliveries), start, &log)
 	default:
-		p.requeue(d, &req, deadline, &log)
+		p.requeue(ctx, d, &req, deadline, &log)
 	}
 }
+
+// staleClaim is how old another message's claim on a request id must be
+// before it is presumed abandoned.
+func (p *Pool) staleClaim() time.Duration { return 10 * p.cfg.AckWait }
 
 // observer records each attempt: metrics, event, log.
 func (p *Pool) observer(req *chat.Request, d *broker.Delivery, log *zerolog.Logger) AttemptObserver {
 	return func(a chat.Attempt, err error) {
 		p.m.attempts.WithLabelValues(a.Provider, string(a.Outcome)).Inc()
-		if a.Outcome != chat.OutcomeBreakerOpen && a.LatencyMS > 0 || a.Outcome == chat.OutcomeOK {
+		if called(a) {
 			p.m.attemptSeconds.WithLabelValues(a.Provider).Observe(float64(a.LatencyMS) / 1000)
 		}
 		p.b.PublishEvent(&chat.Event{Type: chat.EventAttempt, At: time.Now(), Worker: p.id, RequestID: req.ID,
@@ -113,6 +126,12 @@ func (p *Pool) observer(req *chat.Request, d *broker.Delivery, log *zerolog.Logg
 			log.Debug().Err(err).Str("provider", a.Provider).Str("outcome", string(a.Outcome)).Int64("latency_ms", a.LatencyMS).Msg("attempt failed")
 		}
 	}
+}
+
+// called reports whether an attempt reached its provider (skips carry no
+// status code: breaker_open, or rate_limited while cooling down).
+func called(a chat.Attempt) bool {
+	return a.Outcome != chat.OutcomeBreakerOpen && (a.Outcome != chat.OutcomeRateLimited || a.StatusCode != 0)
 }
 
 // keepAlive tells JetStream the delivery is still being worked on, every
@@ -148,7 +167,7 @@ func (p *Pool) answer(ctx context.Context, d *broker.Delivery, req *chat.Request
 	if !p.reply(ctx, d, req.ConversationID, req.ID, reply, log) {
 		return
 	}
-	p.finish(ctx, d, req.ID, log)
+	p.finish(ctx, d.StreamSeq, req.ID, log)
 	_ = d.Ack()
 	p.m.requests.WithLabelValues(resultOK).Inc()
 	p.m.requestSeconds.Observe(time.Since(start).Seconds())
@@ -175,10 +194,10 @@ func (p *Pool) reply(ctx context.Context, d *broker.Delivery, conv, msgID string
 	return true
 }
 
-func (p *Pool) finish(ctx context.Context, d *broker.Delivery, id string, log *zerolog.Logger) {
+func (p *Pool) finish(ctx context.Context, seq uint64, id string, log *zerolog.Logger) {
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishTimeout)
 	defer cancel()
-	if err := p.b.Finish(fctx, id, d.StreamSeq, p.id); err != nil {
+	if err := p.b.Finish(fctx, id, seq, p.id); err != nil {
 		// The reply is stored; a redelivery finds it with FindReply.
 		log.Warn().Err(err).Msg("cannot record the request as answered")
 	}
@@ -187,7 +206,14 @@ func (p *Pool) finish(ctx context.Context, d *broker.Delivery, id string, log *z
 // requeue puts a request whose whole chain failed back on the queue, with a
 // delay growing with its deliveries, no shorter than the time until a
 // provider is available again, and no longer than its deadline.
-func (p *Pool) requeue(d *broker.Delivery, req *chat.Request, deadline time.Time, log *zerolog.Logger) {
+func (p *Pool) requeue(ctx context.Context, d *broker.Delivery, req *chat.Request, deadline time.Time, log *zerolog.Logger) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishTimeout)
+	err := p.b.Requeue(rctx, req.ID, d.StreamSeq, p.id)
+	cancel()
+	if err != nil {
+		// The next delivery then looks for a reply first; nothing is lost.
+		log.Warn().Err(err).Msg("cannot record the request as requeued")
+	}
 	now := time.Now()
 	delay := p.requeueDelay(d.NumDelivered)
 	if at := p.chain.NextAvailable(now); at.Sub(now) > delay {
@@ -257,7 +283,7 @@ func (p *Pool) deadLetter(ctx context.Context, data []byte, req *chat.Request, t
 		}
 	}
 	if req.ID != "" && code != chat.CodeInvalidRequest {
-		p.finish(ctx, &broker.Delivery{StreamSeq: seq}, req.ID, log)
+		p.finish(ctx, seq, req.ID, log)
 	}
 	if d != nil {
 		_ = d.Term(code + ": " + reason)
@@ -301,11 +327,16 @@ func (p *Pool) maxDeliveries(ctx context.Context, seq, deliveries uint64) {
 		return // invalid requests are terminated on their first delivery
 	}
 	log = log.With().Str("request_id", req.ID).Str("conversation_id", token).Logger()
-	if res, err := p.b.Claim(rctx, req.ID, seq, p.id, 0); err == nil && res == broker.ClaimDone {
+	answered, held, err := p.b.Answered(rctx, req.ID, seq, p.staleClaim())
+	if err != nil {
+		log.Warn().Err(err).Msg("cannot read the claim of a request whose deliveries ran out")
 		return
 	}
+	if answered || held {
+		return // answered, or another message with this id is being answered
+	}
 	if found, err := p.b.FindReply(rctx, token, req.ID, m.Time); err == nil && found {
-		p.finish(ctx, &broker.Delivery{StreamSeq: seq}, req.ID, &log)
+		p.finish(ctx, seq, req.ID, &log)
 		return
 	}
 	now := time.Now()

@@ -20,7 +20,7 @@ import (
 func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs, cfgPath := newFlags("send", stderr)
 	conv := fs.String("conversation", "", "conversation id (required): 1-128 characters of [A-Za-z0-9_-]")
-	timeout := fs.Duration("timeout", 60*time.Second, "request deadline, and how long to wait for the reply")
+	timeout := fs.Duration("timeout", 60*time.Second, "request deadline (the reply is awaited 5s longer, for a deadline_exceeded answer)")
 	asJSON := fs.Bool("json", false, "print the whole reply as JSON instead of its content")
 	id := fs.String("id", "", "request id (default: a random one)")
 	system := fs.String("system", "", "optional system prompt")
@@ -62,7 +62,9 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		req.Messages = append(req.Messages, chat.Message{Role: chat.RoleSystem, Content: *system})
 	}
 	req.Messages = append(req.Messages, chat.Message{Role: chat.RoleUser, Content: text})
-	reply, err := roundTrip(ctx, b, subj, &req, *timeout)
+	// The deadline is the worker's to enforce: it answers deadline_exceeded
+	// just after it, so wait a little longer than the deadline.
+	reply, err := roundTrip(ctx, b, subj, &req, *timeout+replyGrace)
 	if err != nil {
 		fmt.Fprintf(stderr, "understudy send: %v\n", err)
 		return exitNoReply
@@ -82,6 +84,10 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	return exitOK
 }
+
+// replyGrace is how long send waits past the request's deadline for the
+// worker's failed reply.
+const replyGrace = 5 * time.Second
 
 // errNoReply is returned when no reply came before the timeout.
 var errNoReply = errors.New("no reply in time")
