@@ -154,14 +154,22 @@ func startEmbedded(cfg Config) (*server.Server, error) {
 	return srv, nil
 }
 
-// redact drops credentials embedded in a URL for messages.
-func redact(url string) string {
-	at := strings.LastIndexByte(url, '@')
-	scheme := strings.Index(url, "://")
-	if at < 0 || scheme < 0 || scheme > at {
-		return url
+// redact hides the credentials of every URL in a comma-separated list,
+// with or without a scheme (the NATS client accepts "user:pw@host:4222").
+func redact(urls string) string {
+	parts := strings.Split(urls, ",")
+	for i, u := range parts {
+		at := strings.LastIndexByte(u, '@')
+		if at < 0 {
+			continue
+		}
+		start := 0
+		if scheme := strings.Index(u, "://"); scheme >= 0 && scheme < at {
+			start = scheme + 3
+		}
+		parts[i] = u[:start] + "***" + u[at:]
 	}
-	return url[:scheme+3] + "***" + url[at:]
+	return strings.Join(parts, ",")
 }
 
 // Conn is the underlying NATS connection (for core subscriptions).

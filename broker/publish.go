@@ -44,8 +44,19 @@ type DeadLetter struct {
 // PublishDead copies the original request bytes to the dead-letter stream
 // with the reason in headers. It is deduplicated by the request's stream
 // sequence, so a retried dead-lettering stores one copy.
+//
+// The copy is the original bytes unchanged, except for a request so large
+// that bytes and headers would not fit in one NATS message: it is cut to fit
+// and the header Understudy-Truncated gives its original size.
 func (b *Broker) PublishDead(ctx context.Context, data []byte, d DeadLetter) error {
 	msg := &nats.Msg{Subject: b.topo.Subjects.Dead(d.Conv), Data: data, Header: nats.Header{}}
+	if room := int(b.nc.MaxPayload()) - deadHeaderRoom; len(data) > room {
+		msg.Data = data[:max(room, 0)]
+		msg.Header.Set(chat.HeaderTruncated, strconv.Itoa(len(data)))
+	}
+	if len(d.Reason) > maxReason {
+		d.Reason = d.Reason[:maxReason] + "..."
+	}
 	msg.Header.Set(chat.HeaderMsgID, "dead-"+strconv.FormatUint(d.StreamSeq, 10))
 	msg.Header.Set(chat.HeaderCode, d.Code)
 	msg.Header.Set(chat.HeaderReason, d.Reason)
@@ -60,6 +71,13 @@ func (b *Broker) PublishDead(ctx context.Context, data []byte, d DeadLetter) err
 	}
 	return nil
 }
+
+// deadHeaderRoom is what a dead letter's headers may take; maxReason bounds
+// the reason header.
+const (
+	deadHeaderRoom = 4096
+	maxReason      = 1024
+)
 
 // PublishEvent records ev on CHAT_EVENTS without waiting for the server's
 // acknowledgement (events must never slow a request down); a failure is

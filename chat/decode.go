@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -28,7 +31,7 @@ func DecodeRequest(data []byte, subjectConv string, lim DecodeLimits) (Request, 
 	var req Request
 	if lim.MaxBytes > 0 && len(data) > lim.MaxBytes {
 		// Still try to read the id so the failed reply can carry it.
-		req.ID = peekID(data)
+		req.ID = RequestID(data)
 		return req, fmt.Errorf("%w: payload of %d bytes is over the limit of %d (worker.max_request_bytes)", ErrInvalid, len(data), lim.MaxBytes)
 	}
 	if !utf8.Valid(data) {
@@ -36,25 +39,25 @@ func DecodeRequest(data []byte, subjectConv string, lim DecodeLimits) (Request, 
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&req); err != nil {
-		req = Request{ID: peekID(data)}
+		req = Request{ID: RequestID(data)}
 		return req, fmt.Errorf("%w: body is not a JSON request: %v", ErrInvalid, err)
 	}
-	// An id that is too long is never echoed, whatever else is wrong.
-	if n := utf8.RuneCountInString(req.ID); n > MaxIDLen {
+	// An unusable id is never echoed, whatever else is wrong.
+	if err := checkID(req.ID); err != nil {
 		req.ID = ""
-		return req, fmt.Errorf("%w: id is %d characters long, the limit is %d", ErrInvalid, n, MaxIDLen)
+		return req, err
 	}
 	if len(bytes.TrimSpace(data[dec.InputOffset():])) > 0 {
 		return req, fmt.Errorf("%w: trailing data after the JSON object", ErrInvalid)
 	}
 	if !ValidConversationID(subjectConv) {
-		return req, fmt.Errorf("%w: subject token %q is not a conversation id (1-%d characters of [A-Za-z0-9_-])", ErrInvalid, subjectConv, MaxIDLen)
+		return req, fmt.Errorf("%w: subject token %s is not a conversation id (1-%d characters of [A-Za-z0-9_-])", ErrInvalid, quoteShort(subjectConv), MaxIDLen)
 	}
 	if req.ID == "" {
 		return req, fmt.Errorf("%w: id is missing", ErrInvalid)
 	}
 	if req.ConversationID != "" && req.ConversationID != subjectConv {
-		return req, fmt.Errorf("%w: conversation_id %q differs from the subject's %q", ErrInvalid, req.ConversationID, subjectConv)
+		return req, fmt.Errorf("%w: conversation_id %s differs from the subject's %q", ErrInvalid, quoteShort(req.ConversationID), subjectConv)
 	}
 	req.ConversationID = subjectConv
 	if len(req.Messages) == 0 {
@@ -64,7 +67,7 @@ func DecodeRequest(data []byte, subjectConv string, lim DecodeLimits) (Request, 
 		switch m.Role {
 		case RoleSystem, RoleUser, RoleAssistant:
 		default:
-			return req, fmt.Errorf("%w: messages[%d].role %q is not system, user or assistant", ErrInvalid, i, m.Role)
+			return req, fmt.Errorf("%w: messages[%d].role %s is not system, user or assistant", ErrInvalid, i, quoteShort(m.Role))
 		}
 	}
 	if req.MaxTokens < 0 {
@@ -76,20 +79,45 @@ func DecodeRequest(data []byte, subjectConv string, lim DecodeLimits) (Request, 
 	return req, nil
 }
 
-// peekID reads just the id of a payload that failed to decode as a whole,
-// returning "" when even that is not possible or the id is not acceptable.
-func peekID(data []byte) string {
+// RequestID is the id DecodeRequest reads from a request, even one that is
+// invalid for another reason: "" when the payload is not UTF-8 JSON with a
+// usable id (a string of 1-128 characters that can travel as a header).
+func RequestID(data []byte) string {
+	if !utf8.Valid(data) {
+		return ""
+	}
 	var probe struct {
 		ID json.RawMessage `json:"id"`
 	}
-	if json.Unmarshal(data, &probe) != nil {
+	// The first JSON value, as DecodeRequest reads it: what trails it
+	// makes the request invalid, not its id unreadable.
+	if json.NewDecoder(bytes.NewReader(data)).Decode(&probe) != nil {
 		return ""
 	}
 	var id string
-	if json.Unmarshal(probe.ID, &id) != nil || utf8.RuneCountInString(id) > MaxIDLen {
+	if json.Unmarshal(probe.ID, &id) != nil || checkID(id) != nil {
 		return ""
 	}
 	return id
+}
+
+// checkID refuses ids that may not be echoed: over MaxIDLen characters, or
+// not safe as a header value. The id travels as the Nats-Msg-Id header, whose
+// value NATS trims and whose line breaks it rewrites, so two different ids
+// could otherwise share one reply. "" (missing) passes: it is reported later.
+func checkID(id string) error {
+	if n := utf8.RuneCountInString(id); n > MaxIDLen {
+		return fmt.Errorf("%w: id is %d characters long, the limit is %d", ErrInvalid, n, MaxIDLen)
+	}
+	if strings.TrimSpace(id) != id {
+		return fmt.Errorf("%w: id has leading or trailing white space", ErrInvalid)
+	}
+	for _, r := range id {
+		if unicode.IsControl(r) {
+			return fmt.Errorf("%w: id has control characters", ErrInvalid)
+		}
+	}
+	return nil
 }
 
 // EffectiveDeadline is the request's deadline, or published+ttl when it
@@ -99,4 +127,16 @@ func (r *Request) EffectiveDeadline(published time.Time, ttl time.Duration) time
 		return r.Deadline
 	}
 	return published.Add(ttl)
+}
+
+// maxQuoted bounds how much of a user-supplied value an error quotes: the
+// error becomes a dead letter's header, which must stay small.
+const maxQuoted = 64
+
+// quoteShort quotes s, cut to maxQuoted characters.
+func quoteShort(s string) string {
+	if utf8.RuneCountInString(s) <= maxQuoted {
+		return strconv.Quote(s)
+	}
+	return strconv.Quote(string([]rune(s)[:maxQuoted])) + "..."
 }

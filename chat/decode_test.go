@@ -221,6 +221,10 @@ func TestDecodeRequestInvalid(t *testing.T) {
 		{name: "missing id", data: body(``), conv: "c1", wantMsg: "id is missing"},
 		{name: "empty id", data: body(`"id":""`), conv: "c1", wantMsg: "id is missing"},
 		{name: "id not a string", data: body(`"id":42`), conv: "c1", wantMsg: "not a JSON request"},
+		{name: "id with leading space", data: body(`"id":" r1"`), conv: "c1", wantMsg: "white space"},
+		{name: "id with trailing space", data: body(`"id":"r1 "`), conv: "c1", wantMsg: "white space"},
+		{name: "id with a line break", data: body(`"id":"a\nb"`), conv: "c1", wantMsg: "control characters"},
+		{name: "id with a tab", data: body(`"id":"a\tb"`), conv: "c1", wantMsg: "control characters"},
 		{name: "id of 129 bytes is not echoed", data: body(`"id":"` + longID + `"`), conv: "c1", wantMsg: "129 characters"},
 		{name: "id of 129 bytes is not echoed even when the JSON is broken", data: `{"id":"` + longID + `","messages":`, conv: "c1", wantMsg: "not a JSON request"},
 		{

@@ -109,4 +109,7 @@ const (
 	HeaderDeliveries  = "Understudy-Deliveries"
 	HeaderStreamSeq   = "Understudy-Stream-Seq"
 	HeaderConvSubject = "Understudy-Subject"
+	// HeaderTruncated is set on a dead letter whose request was too large to
+	// copy whole: its original size in bytes.
+	HeaderTruncated = "Understudy-Truncated"
 )

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"strconv"
 	"time"
@@ -83,16 +84,20 @@ func ParseRetryAfter(v string, now time.Time) time.Duration {
 		return DefaultRetryAfter
 	}
 	if secs, err := strconv.ParseFloat(v, 64); err == nil {
-		if secs < 0 {
+		if secs < 0 || math.IsNaN(secs) {
 			return DefaultRetryAfter
+		}
+		if secs > MaxRetryAfter.Seconds() {
+			return MaxRetryAfter
 		}
 		return time.Duration(secs * float64(time.Second))
 	}
 	if t, err := http.ParseTime(v); err == nil {
-		if d := t.Sub(now); d > 0 {
-			return d
-		}
-		return 0
+		return min(max(t.Sub(now), 0), MaxRetryAfter)
 	}
 	return DefaultRetryAfter
 }
+
+// MaxRetryAfter caps how long a 429 keeps a provider out of the chain,
+// whatever its Retry-After says.
+const MaxRetryAfter = 5 * time.Minute

@@ -37,7 +37,7 @@ func TestRequestIDAgreesWithDecodeRequest(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			want, _ := chat.DecodeRequest([]byte(tt.data), "c-1", chat.DecodeLimits{})
-			if got := requestID([]byte(tt.data), "c-1"); got != want.ID {
+			if got := chat.RequestID([]byte(tt.data)); got != want.ID {
 				t.Errorf("requestID = %q, DecodeRequest reads %q", got, want.ID)
 			}
 		})

@@ -63,7 +63,7 @@ func Redrive(ctx context.Context, src Source, pub Publisher, subj chat.Subjects,
 			hdr[k] = slices.Clone(v)
 		}
 		if hdr.Get(chat.HeaderMsgID) == "" {
-			id := requestID(m.Data, conv)
+			id := chat.RequestID(m.Data)
 			if id == "" {
 				id = "seq-" + strconv.FormatUint(m.Seq, 10)
 			}

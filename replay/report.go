@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/understudy-ai/understudy/broker"
 	"github.com/understudy-ai/understudy/chat"
@@ -309,7 +308,7 @@ func invalidKey(seq uint64) string { return "invalid-" + strconv.FormatUint(seq,
 // request records one request, keyed by its id as the worker reads it (the
 // invalid-<seq> of its reply when the id cannot be read).
 func (b *builder) request(m *broker.Stored) error {
-	key := requestID(m.Data, b.subj.ConversationOf(m.Subject))
+	key := chat.RequestID(m.Data)
 	if key == "" {
 		key = invalidKey(m.Seq)
 	}
@@ -319,26 +318,6 @@ func (b *builder) request(m *broker.Stored) error {
 	}
 	b.reqs[key] = reqState{at: m.Time.UnixNano(), seq: m.Seq}
 	return nil
-}
-
-// requestID is the id chat.DecodeRequest reads from a request ("" when it
-// cannot), without decoding the messages when the payload is well formed.
-func requestID(data []byte, conv string) string {
-	if !utf8.Valid(data) {
-		return ""
-	}
-	var probe struct {
-		ID json.RawMessage `json:"id"`
-	}
-	if json.Unmarshal(data, &probe) != nil {
-		req, _ := chat.DecodeRequest(data, conv, chat.DecodeLimits{})
-		return req.ID
-	}
-	var id string
-	if json.Unmarshal(probe.ID, &id) != nil || len(id) > chat.MaxIDLen {
-		return ""
-	}
-	return id
 }
 
 func (b *builder) reply(m *broker.Stored) error {

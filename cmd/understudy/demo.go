@@ -218,16 +218,20 @@ func demoFinish(ctx context.Context, o demoOptions, svc *service.Service, subj c
 		ids = append(ids, id)
 	}
 	t.mu.Unlock()
+	// Exactly once, twice checked: in the stream (which would drop a second
+	// publish of an id) and as heard live on the reply subjects (which would
+	// not: a chat API listening there would have seen it).
 	missing, doubled := 0, 0
+	t.mu.Lock()
 	for _, id := range ids {
-		switch stored[id] {
-		case 0:
+		switch {
+		case stored[id] == 0:
 			missing++
-		case 1:
-		default:
+		case stored[id] > 1 || t.ids[id] > 1:
 			doubled++
 		}
 	}
+	t.mu.Unlock()
 	fmt.Fprintf(stdout, "\nsummary: sent %d, replies stored %d, unanswered %d, answered more than once %d; served by %s; failed %d; hits deepseek %d llama %d qwen %d\n",
 		len(ids), len(stored), missing, doubled, t.byProviderString(), t.failedCount(),
 		svc.Providers[0].Sim.Hits(), svc.Providers[1].Sim.Hits(), svc.Providers[2].Sim.Hits())

@@ -1,0 +1,223 @@
+package broker_test
+
+import (
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/understudy-ai/understudy/broker"
+	"github.com/understudy-ai/understudy/internal/poll"
+)
+
+type verdict struct {
+	provider string
+	st       broker.BreakerState
+}
+
+type verdicts struct {
+	mu  sync.Mutex
+	got []verdict
+}
+
+func (v *verdicts) add(p string, st broker.BreakerState) {
+	v.mu.Lock()
+	v.got = append(v.got, verdict{p, st})
+	v.mu.Unlock()
+}
+
+func (v *verdicts) snapshot() []verdict {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return append([]verdict(nil), v.got...)
+}
+
+func sameVerdict(a, b verdict) bool {
+	return a.provider == b.provider && a.st.State == b.st.State && a.st.Worker == b.st.Worker && a.st.At.Equal(b.st.At)
+}
+
+// stopWithin runs stop and fails when it does not return in time.
+func stopWithin(t *testing.T, within time.Duration, stop func()) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() { stop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(within):
+		t.Fatalf("stop did not return within %s", within)
+	}
+}
+
+func TestShareAndWatchBreakers(t *testing.T) {
+	t.Parallel()
+	b := newBroker(t, broker.Topology{})
+	ctx := testCtx(t)
+	at := time.Date(2026, 1, 20, 12, 0, 0, 123456789, time.UTC)
+	initial := []verdict{
+		{"deepseek", broker.BreakerState{State: "open", Worker: "w1", At: at}},
+		{"qwen", broker.BreakerState{State: "closed", Worker: "w2", At: at.Add(time.Second)}},
+	}
+	for _, v := range initial {
+		if err := b.ShareBreaker(ctx, v.provider, v.st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Overwritten before watching: only the latest is delivered (history 1).
+	initial[1].st.State = "open"
+	if err := b.ShareBreaker(ctx, initial[1].provider, initial[1].st); err != nil {
+		t.Fatal(err)
+	}
+
+	var got verdicts
+	stop, err := b.WatchBreakers(ctx, got.add)
+	if err != nil {
+		t.Fatalf("WatchBreakers: %v", err)
+	}
+	stopped := false
+	defer func() {
+		if !stopped {
+			stop()
+		}
+	}()
+	poll.Until(t, 5*time.Second, "the current verdicts", func() bool { return len(got.snapshot()) >= 2 })
+
+	updates := []verdict{
+		{"deepseek", broker.BreakerState{State: "closed", Worker: "w3", At: at.Add(2 * time.Second)}},
+		{"llama", broker.BreakerState{State: "open", Worker: "w1", At: at.Add(3 * time.Second)}},
+	}
+	for _, v := range updates {
+		if err := b.ShareBreaker(ctx, v.provider, v.st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := append(append([]verdict(nil), initial...), updates...)
+	poll.Until(t, 5*time.Second, "the updates", func() bool { return len(got.snapshot()) >= len(want) })
+	// A probe claim in the same bucket is not a verdict.
+	if ok, err := b.ClaimProbe(ctx, "deepseek", "w1", time.Minute); err != nil || !ok {
+		t.Fatalf("ClaimProbe = %v, %v", ok, err)
+	}
+	if err := b.ReleaseProbe(ctx, "deepseek", "w1"); err != nil {
+		t.Fatal(err)
+	}
+	// A round trip through the watch: one more verdict, then compare.
+	marker := verdict{"marker", broker.BreakerState{State: "closed", Worker: "w9", At: at}}
+	if err := b.ShareBreaker(ctx, marker.provider, marker.st); err != nil {
+		t.Fatal(err)
+	}
+	want = append(want, marker)
+	poll.Until(t, 5*time.Second, "the marker", func() bool {
+		s := got.snapshot()
+		return len(s) > 0 && s[len(s)-1].provider == "marker"
+	})
+	s := got.snapshot()
+	if len(s) != len(want) {
+		t.Fatalf("WatchBreakers delivered %d verdicts %+v, want %d %+v", len(s), s, len(want), want)
+	}
+	// The initial values may come in key order; the updates in order.
+	for _, w := range initial {
+		if !slicesContainsVerdict(s[:2], w) {
+			t.Errorf("initial verdicts %+v lack %+v", s[:2], w)
+		}
+	}
+	for i, w := range want[2:] {
+		if !sameVerdict(s[2+i], w) {
+			t.Errorf("update %d = %+v, want %+v", i, s[2+i], w)
+		}
+	}
+
+	stopWithin(t, 5*time.Second, stop)
+	stopped = true
+	n := len(got.snapshot())
+	if err := b.ShareBreaker(ctx, "deepseek", broker.BreakerState{State: "open", Worker: "w1", At: at}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Conn().Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if m := len(got.snapshot()); m != n {
+		t.Errorf("fn called %d times after stop returned", m-n)
+	}
+}
+
+func slicesContainsVerdict(s []verdict, v verdict) bool {
+	for _, x := range s {
+		if sameVerdict(x, v) {
+			return true
+		}
+	}
+	return false
+}
+
+func TestWatchBreakersEmptyBucket(t *testing.T) {
+	t.Parallel()
+	b := newBroker(t, broker.Topology{})
+	ctx := testCtx(t)
+	var got verdicts
+	stop, err := b.WatchBreakers(ctx, got.add)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.ShareBreaker(ctx, "p", broker.BreakerState{State: "open", Worker: "w"}); err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, 5*time.Second, "the first verdict on an empty bucket", func() bool { return len(got.snapshot()) == 1 })
+	stopWithin(t, 5*time.Second, stop)
+}
+
+func TestClaimProbe(t *testing.T) {
+	t.Parallel()
+	b := newBroker(t, broker.Topology{})
+	ctx := testCtx(t)
+	claim := func(provider, worker string, stale time.Duration) bool {
+		t.Helper()
+		ok, err := b.ClaimProbe(ctx, provider, worker, stale)
+		if err != nil {
+			t.Fatalf("ClaimProbe(%s, %s): %v", provider, worker, err)
+		}
+		return ok
+	}
+	if !claim("deepseek", "w1", time.Hour) {
+		t.Fatal("first ClaimProbe lost")
+	}
+	if claim("deepseek", "w2", time.Hour) {
+		t.Error("second ClaimProbe won while the first is fresh")
+	}
+	if claim("deepseek", "w1", time.Hour) {
+		t.Error("ClaimProbe by the holder again won: a probe is claimed once")
+	}
+	if !claim("llama", "w2", time.Hour) {
+		t.Error("another provider's probe is independent, but lost")
+	}
+
+	// Only the holder's release counts.
+	if err := b.ReleaseProbe(ctx, "deepseek", "w2"); err != nil {
+		t.Fatalf("ReleaseProbe: %v", err)
+	}
+	if claim("deepseek", "w2", time.Hour) {
+		t.Error("a release by a worker that does not hold the probe freed it")
+	}
+	if err := b.ReleaseProbe(ctx, "deepseek", "w1"); err != nil {
+		t.Fatalf("ReleaseProbe: %v", err)
+	}
+	if !claim("deepseek", "w2", time.Hour) {
+		t.Error("ClaimProbe after ReleaseProbe lost")
+	}
+	if claim("deepseek", "w3", time.Hour) {
+		t.Error("ClaimProbe won a probe held by w2")
+	}
+
+	// A claim older than stale is abandoned and taken over.
+	poll.Until(t, 5*time.Second, "w2's claim to become stale", func() bool { return claim("deepseek", "w3", 100*time.Millisecond) })
+	if claim("deepseek", "w2", time.Hour) {
+		t.Error("the old holder won back a probe taken over")
+	}
+
+	// Releasing what is not held is not an error, twice over.
+	for _, p := range []string{"never-claimed", "never-claimed", "deepseek", "deepseek"} {
+		if err := b.ReleaseProbe(ctx, p, "w3"); err != nil {
+			t.Errorf("ReleaseProbe(%s): %v", p, err)
+		}
+	}
+	if !claim("deepseek", "w4", time.Hour) || !claim("never-claimed", "w4", time.Hour) {
+		t.Error("ClaimProbe after releases lost")
+	}
+}
