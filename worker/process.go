@@ -162,7 +162,7 @@ func (p *Pool) answer(ctx context.Context, d *broker.Delivery, req *chat.Request
 		ID: req.ID, ConversationID: req.ConversationID, Status: chat.StatusOK,
 		Content: r.Content, Provider: res.Provider, Model: r.Model, Degraded: res.Degraded(),
 		Attempts: res.Attempts, Usage: &chat.Usage{PromptTokens: r.Usage.PromptTokens, CompletionTokens: r.Usage.CompletionTokens},
-		Deliveries: d.NumDelivered, QueuedMS: queuedMS(d, start), LatencyMS: time.Since(start).Milliseconds(), Metadata: req.Metadata,
+		Deliveries: d.NumDelivered, QueuedMS: queuedMS(d.Published, start), LatencyMS: time.Since(start).Milliseconds(), Metadata: req.Metadata,
 	}
 	if !p.reply(ctx, d, req.ConversationID, req.ID, reply, log) {
 		return
@@ -239,64 +239,84 @@ func (p *Pool) putBack(d *broker.Delivery, delay time.Duration, log *zerolog.Log
 // giveUp answers failed, dead-letters the request and stops its redelivery.
 func (p *Pool) giveUp(ctx context.Context, d *broker.Delivery, req *chat.Request, token string, attempts []chat.Attempt,
 	code, reason string, start time.Time, log *zerolog.Logger) {
-	p.deadLetter(ctx, d.Data, req, token, d.Subject, d.NumDelivered, d.StreamSeq, attempts, code, reason, queuedMS(d, start), start, log, d)
+	p.deadLetter(ctx, fromDelivery(d), req, token, failure{code: code, reason: reason, attempts: attempts, start: start}, log)
+}
+
+// message is a request being given up on: a delivery, or a stored request
+// whose deliveries ran out (d nil: nothing to terminate).
+type message struct {
+	d               *broker.Delivery
+	data            []byte
+	subject         string
+	seq, deliveries uint64
+	published       time.Time
+}
+
+func fromDelivery(d *broker.Delivery) message {
+	return message{d: d, data: d.Data, subject: d.Subject, seq: d.StreamSeq, deliveries: d.NumDelivered, published: d.Published}
+}
+
+// failure is why a request is given up on.
+type failure struct {
+	code, reason string
+	attempts     []chat.Attempt
+	start        time.Time // when this delivery's processing began
 }
 
 // deadLetter is the one way a request is given up on: dead letter first (so
 // it is never lost), then the failed reply when the conversation is valid,
-// then the id recorded as answered, then the event; d, when not nil, is
-// terminated.
-func (p *Pool) deadLetter(ctx context.Context, data []byte, req *chat.Request, token, subject string, deliveries, seq uint64,
-	attempts []chat.Attempt, code, reason string, queued int64, start time.Time, log *zerolog.Logger, d *broker.Delivery) {
+// then the id recorded as answered, then the event; a delivery is
+// terminated. When a publish fails the delivery is put back instead.
+func (p *Pool) deadLetter(ctx context.Context, m message, req *chat.Request, token string, f failure, log *zerolog.Logger) {
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishTimeout)
 	defer cancel()
+	putBack := func(what string, err error) {
+		log.Warn().Err(err).Msg("cannot store the " + what + "; putting the request back")
+		if m.d != nil {
+			p.putBack(m.d, p.cfg.RequeueMin, log)
+		}
+	}
 	validConv := chat.ValidConversationID(token)
 	deadConv := token
 	if !validConv {
 		deadConv = chat.InvalidToken
 	}
-	if err := p.b.PublishDead(pctx, data, broker.DeadLetter{Conv: deadConv, Code: code, Reason: reason, RequestID: req.ID,
-		Deliveries: deliveries, StreamSeq: seq, Subject: subject}); err != nil {
-		log.Warn().Err(err).Msg("cannot store the dead letter; putting the request back")
-		if d != nil {
-			p.putBack(d, p.cfg.RequeueMin, log)
-		}
+	if err := p.b.PublishDead(pctx, m.data, broker.DeadLetter{Conv: deadConv, Code: f.code, Reason: f.reason, RequestID: req.ID,
+		Deliveries: m.deliveries, StreamSeq: m.seq, Subject: m.subject}); err != nil {
+		putBack("dead letter", err)
 		return
 	}
 	if validConv {
 		msgID := req.ID
 		if msgID == "" {
-			msgID = fmt.Sprintf("invalid-%d", seq)
+			msgID = fmt.Sprintf("invalid-%d", m.seq)
 		}
-		reply := &chat.Reply{ID: req.ID, ConversationID: token, Status: chat.StatusFailed, Attempts: attempts,
-			Error: &chat.ErrorBody{Code: code, Message: reason}, Deliveries: deliveries, QueuedMS: queued,
-			LatencyMS: time.Since(start).Milliseconds(), Metadata: req.Metadata}
+		reply := &chat.Reply{ID: req.ID, ConversationID: token, Status: chat.StatusFailed, Attempts: f.attempts,
+			Error: &chat.ErrorBody{Code: f.code, Message: f.reason}, Deliveries: m.deliveries,
+			QueuedMS: queuedMS(m.published, f.start), LatencyMS: time.Since(f.start).Milliseconds(), Metadata: req.Metadata}
 		if reply.Attempts == nil {
 			reply.Attempts = []chat.Attempt{}
 		}
 		if _, err := p.b.PublishReply(pctx, token, msgID, reply); err != nil {
-			log.Warn().Err(err).Msg("cannot store the failed reply; putting the request back")
-			if d != nil {
-				p.putBack(d, p.cfg.RequeueMin, log)
-			}
+			putBack("failed reply", err)
 			return
 		}
 	}
-	if req.ID != "" && code != chat.CodeInvalidRequest {
-		p.finish(ctx, seq, req.ID, log)
+	if req.ID != "" && f.code != chat.CodeInvalidRequest {
+		p.finish(ctx, m.seq, req.ID, log)
 	}
-	if d != nil {
-		_ = d.Term(code + ": " + reason)
+	if m.d != nil {
+		_ = m.d.Term(f.code + ": " + f.reason)
 	}
 	result := resultFailed
-	if code == chat.CodeInvalidRequest {
+	if f.code == chat.CodeInvalidRequest {
 		result = resultInvalid
 	}
 	p.m.requests.WithLabelValues(result).Inc()
-	p.m.deadLetters.WithLabelValues(code).Inc()
+	p.m.deadLetters.WithLabelValues(f.code).Inc()
 	p.b.PublishEvent(&chat.Event{Type: chat.EventDead, At: time.Now(), Worker: p.id, RequestID: req.ID, ConversationID: token,
-		Delivery: deliveries, StreamSeq: seq, Code: code, Reason: reason}, deadConv)
-	log.Warn().Str("code", code).Str("reason", reason).Msg("request given up on: failed reply and dead letter")
+		Delivery: m.deliveries, StreamSeq: m.seq, Code: f.code, Reason: f.reason}, deadConv)
+	log.Warn().Str("code", f.code).Str("reason", f.reason).Msg("request given up on: failed reply and dead letter")
 }
 
 // reject gives up on a request that can never be served.
@@ -305,9 +325,7 @@ func (p *Pool) reject(ctx context.Context, d *broker.Delivery, req *chat.Request
 	if chat.ValidConversationID(token) {
 		log = log.With().Str("conversation_id", token).Logger()
 	}
-	now := time.Now()
-	p.deadLetter(ctx, d.Data, req, token, d.Subject, d.NumDelivered, d.StreamSeq, nil, chat.CodeInvalidRequest,
-		cause.Error(), queuedMS(d, now), now, &log, d)
+	p.deadLetter(ctx, fromDelivery(d), req, token, failure{code: chat.CodeInvalidRequest, reason: cause.Error(), start: time.Now()}, &log)
 }
 
 // maxDeliveries gives up on a request whose deliveries ran out without a
@@ -339,14 +357,13 @@ func (p *Pool) maxDeliveries(ctx context.Context, seq, deliveries uint64) {
 		p.finish(ctx, seq, req.ID, &log)
 		return
 	}
-	now := time.Now()
-	p.deadLetter(ctx, m.Data, &req, token, m.Subject, deliveries, seq, nil, chat.CodeProvidersExhausted,
-		fmt.Sprintf("deliveries ran out (%d, worker.max_deliveries) without an answer", deliveries), now.Sub(m.Time).Milliseconds(), now, &log, nil)
+	p.deadLetter(ctx, message{data: m.Data, subject: m.Subject, seq: seq, deliveries: deliveries, published: m.Time}, &req, token,
+		failure{code: chat.CodeProvidersExhausted, reason: fmt.Sprintf("deliveries ran out (%d) without an answer", deliveries), start: time.Now()}, &log)
 }
 
-func queuedMS(d *broker.Delivery, start time.Time) int64 {
-	if d.Published.IsZero() {
+func queuedMS(published, start time.Time) int64 {
+	if published.IsZero() {
 		return 0
 	}
-	return max(start.Sub(d.Published).Milliseconds(), 0)
+	return max(start.Sub(published).Milliseconds(), 0)
 }
