@@ -585,3 +585,22 @@ func (c *e2eCoreReplies) exactlyOnce(t *testing.T, ids []string) {
 	poll.Until(t, 5*time.Second, "every reply on the core subject", func() bool { return len(c.snapshot()) >= len(ids) })
 	e2eExactlyOnce(t, ids, c.snapshot())
 }
+
+// e2eWatchPulls signals each pull request a worker sends to the workers
+// consumer, seen by a plain subscriber to the consumer's next-message
+// subject.
+func e2eWatchPulls(t *testing.T, nc *nats.Conn) <-chan struct{} {
+	t.Helper()
+	pulls := make(chan struct{}, 64)
+	sub, err := nc.Subscribe("$JS.API.CONSUMER.MSG.NEXT."+chat.StreamRequests+"."+chat.ConsumerWorkers, func(*nats.Msg) {
+		select {
+		case pulls <- struct{}{}:
+		default:
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	return pulls
+}

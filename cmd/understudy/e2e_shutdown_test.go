@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/understudy-ai/understudy/chat"
 	"github.com/understudy-ai/understudy/internal/poll"
 	"github.com/understudy-ai/understudy/providers/sim"
@@ -54,17 +52,7 @@ func TestRegressionGraceStartsAfterThePull(t *testing.T) {
 	cfg := e2eConfig{natsURL: ns.ClientURL(), concurrency: 16, grace: "300ms", providers: []e2eProvider{{"primary", slowURL, "sim-slow"}}}
 	w1 := e2eServe(t, "worker-1", cfg)
 	nc, js := e2eClient(t, ns.ClientURL())
-	pulls := make(chan struct{}, 64)
-	sub, err := nc.Subscribe("$JS.API.CONSUMER.MSG.NEXT."+chat.StreamRequests+"."+chat.ConsumerWorkers, func(*nats.Msg) {
-		select {
-		case pulls <- struct{}{}:
-		default:
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
+	pulls := e2eWatchPulls(t, nc)
 	e2ePublishN(t, js, "pull", 1, 2) // 14 slots stay free: the worker keeps pulling
 	poll.Until(t, 20*time.Second, "2 requests in flight", func() bool { return slow.Hits() >= 2 })
 	for len(pulls) > 0 {
@@ -93,17 +81,7 @@ func TestRegressionDrainNakSpendsMaxDeliveries(t *testing.T) {
 	cfg := e2eConfig{natsURL: ns.ClientURL(), maxDeliveries: 1, providers: []e2eProvider{{"primary", url, "sim-1"}}}
 	w1 := e2eServe(t, "worker-1", cfg)
 	nc, js := e2eClient(t, ns.ClientURL())
-	pulls := make(chan struct{}, 64)
-	sub, err := nc.Subscribe("$JS.API.CONSUMER.MSG.NEXT."+chat.StreamRequests+"."+chat.ConsumerWorkers, func(*nats.Msg) {
-		select {
-		case pulls <- struct{}{}:
-		default:
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
+	pulls := e2eWatchPulls(t, nc)
 	for len(pulls) > 0 {
 		<-pulls
 	}
