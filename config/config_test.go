@@ -272,6 +272,7 @@ func TestParseInvalid(t *testing.T) {
 		{"breaker.open_for -1s", "breaker: {open_for: -1s}", []string{"breaker.open_for", "-1s"}},
 		{"breaker.open_for 0", "breaker: {open_for: 0s}", []string{"breaker.open_for"}},
 		{"log.level verbose", "log: {level: verbose}", []string{"log.level", "verbose"}},
+		{"metrics.listen without a port", "metrics: {listen: localhost}", []string{"metrics.listen", "localhost"}},
 		{"log.level in capitals", "log: {level: INFO}", []string{"log.level"}},
 		{"subjects.prefix a.*", `subjects: {prefix: "a.*"}`, []string{"subjects.prefix", "a.*"}},
 		{"subjects.prefix empty", `subjects: {prefix: ""}`, []string{"subjects.prefix"}},
