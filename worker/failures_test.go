@@ -440,3 +440,35 @@ func TestDeliveriesRunOutWithoutAnAnswer(t *testing.T) {
 		t.Errorf("provider called %d times by the advisory handler", h)
 	}
 }
+
+func TestStatusShowsWorkingThenQueued(t *testing.T) {
+	b := newBroker(t, broker.Topology{})
+	f := newFleet(t, "deepseek")
+	f.sim("deepseek").SetMode(sim.ModeError)
+	s := defaultSetup()
+	s.breaker.ConsecutiveFailures = 1000
+	sub, err := b.Conn().SubscribeSync(subj.Status("c-5"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	startPool(t, b, f, s)
+	publish(t, b, "c-5", request("typing"), "")
+	var states []string
+	for len(states) < 2 {
+		m, err := sub.NextMsg(10 * time.Second)
+		if err != nil {
+			t.Fatalf("status after %v: %v", states, err)
+		}
+		var st struct{ ID, State string }
+		if err := json.Unmarshal(m.Data, &st); err != nil || st.ID != "typing" {
+			t.Fatalf("status %s: %v", m.Data, err)
+		}
+		states = append(states, st.State)
+	}
+	if states[0] != "working" || states[1] != "queued" {
+		t.Errorf("states %v, want working then queued", states)
+	}
+	if n := len(stored(t, b, chat.KindEvents, subj.Prefix()+".status.>")); n != 0 {
+		t.Errorf("%d status messages stored; status is live only", n)
+	}
+}

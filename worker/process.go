@@ -74,6 +74,8 @@ func (p *Pool) handle(ctx context.Context, d *broker.Delivery) {
 		return
 	}
 
+	// Typing indicator: somebody is on it.
+	p.b.PublishStatus(req.ConversationID, status{ID: req.ID, State: "working", Deliveries: d.NumDelivered})
 	stop := p.keepAlive(d)
 	callCtx, cancel := context.WithDeadline(ctx, deadline)
 	preq := &providers.Request{Messages: req.Messages, MaxTokens: req.MaxTokens, Temperature: req.Temperature}
@@ -101,6 +103,16 @@ func (p *Pool) handle(ctx context.Context, d *broker.Delivery) {
 	default:
 		p.requeue(ctx, d, &req, deadline, &log)
 	}
+}
+
+// status is the live progress published on <prefix>.status.<conv> (not
+// stored): "working" when a worker picks a request up, "queued" when it is
+// put back to wait for a provider.
+type status struct {
+	ID         string `json:"id"`
+	State      string `json:"state"`
+	RetryInMS  int64  `json:"retry_in_ms,omitempty"`
+	Deliveries uint64 `json:"deliveries"`
 }
 
 // staleClaim is how old another message's claim on a request id must be
@@ -226,7 +238,7 @@ func (p *Pool) requeue(ctx context.Context, d *broker.Delivery, req *chat.Reques
 	p.m.requests.WithLabelValues(resultRequeued).Inc()
 	p.b.PublishEvent(&chat.Event{Type: chat.EventRetry, At: now, Worker: p.id, RequestID: req.ID, ConversationID: req.ConversationID,
 		Delivery: d.NumDelivered, StreamSeq: d.StreamSeq, DelayMS: delay.Milliseconds()}, req.ConversationID)
-	p.b.PublishStatus(req.ConversationID, map[string]any{"id": req.ID, "state": "queued", "retry_in_ms": delay.Milliseconds(), "deliveries": d.NumDelivered})
+	p.b.PublishStatus(req.ConversationID, status{ID: req.ID, State: "queued", RetryInMS: delay.Milliseconds(), Deliveries: d.NumDelivered})
 	log.Info().Dur("delay", delay).Msg("every provider failed; request queued for a retry")
 }
 
