@@ -85,9 +85,10 @@ func New(o Options) *Pool {
 func (p *Pool) ID() string { return p.id }
 
 // BreakerChanged records a breaker transition: metric, event and log line.
-// It is safe to call from a breaker's hook.
-// A transition imposed by a peer replica's verdict is not recorded as an
-// event again: the peer recorded it.
+// It may block briefly (publishing the event), so call it from a goroutine
+// fed by the breakers' hooks, not from a hook itself. A transition imposed by
+// a peer replica's verdict is not recorded as an event again: the peer
+// recorded it.
 func (p *Pool) BreakerChanged(t breaker.Transition) {
 	p.m.breaker(t)
 	p.log.Info().Str("provider", t.Provider).Str("from", t.From.String()).Str("to", t.To.String()).
