@@ -54,7 +54,10 @@ func (p *Pool) handle(ctx context.Context, d *broker.Delivery) {
 		return
 	case res == broker.ClaimTakenOver:
 		// An earlier delivery was lost; it may have replied before dying.
-		found, err := p.b.FindReply(ctx, req.ConversationID, req.ID, d.Published)
+		// (Of this message, or of another with the same id published
+		// earlier: so the conversation's whole reply history is searched.
+		// Takeovers are rare, and a conversation's replies are few.)
+		found, err := p.b.FindReply(ctx, req.ConversationID, req.ID, time.Time{})
 		if err != nil {
 			log.Warn().Err(err).Msg("cannot look for an earlier reply; putting the request back")
 			p.putBack(d, p.requeueDelay(d.NumDelivered), &log)
