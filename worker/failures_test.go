@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"sync/atomic"
@@ -472,5 +473,67 @@ func TestStatusShowsWorkingThenQueued(t *testing.T) {
 	}
 	if n := len(stored(t, b, chat.KindEvents, subj.Prefix()+".status.>")); n != 0 {
 		t.Errorf("%d status messages stored; status is live only", n)
+	}
+}
+
+// flakyBroker fails the first call of each publishing step, as a NATS blip
+// would, then behaves.
+type flakyBroker struct {
+	Broker
+	claimFailed, replyFailed, deadFailed atomic.Bool
+}
+
+var errBlip = errors.New("simulated NATS blip")
+
+func (f *flakyBroker) Claim(ctx context.Context, id string, seq uint64, worker string, stale time.Duration) (broker.ClaimResult, error) {
+	if f.claimFailed.CompareAndSwap(false, true) {
+		return 0, errBlip
+	}
+	return f.Broker.Claim(ctx, id, seq, worker, stale)
+}
+
+func (f *flakyBroker) PublishReply(ctx context.Context, conv, msgID string, r *chat.Reply) (bool, error) {
+	if f.replyFailed.CompareAndSwap(false, true) {
+		return false, errBlip
+	}
+	return f.Broker.PublishReply(ctx, conv, msgID, r)
+}
+
+func (f *flakyBroker) PublishDead(ctx context.Context, data []byte, d broker.DeadLetter) error {
+	if f.deadFailed.CompareAndSwap(false, true) {
+		return errBlip
+	}
+	return f.Broker.PublishDead(ctx, data, d)
+}
+
+func TestPublishFailuresPutTheRequestBack(t *testing.T) {
+	b := newBroker(t, broker.Topology{})
+	f := newFleet(t, "deepseek")
+	flaky := &flakyBroker{Broker: b}
+	startPool(t, flaky, f, defaultSetup())
+	publish(t, b, "c-1", request("blip"), "")
+	publish(t, b, "c-1", `{"id":"bad","messages":[]}`, "")
+	got := waitReplies(t, b, 2)
+	if r := got["blip"]; r.Status != chat.StatusOK || r.Deliveries < 2 {
+		t.Errorf("blip: %s after %d deliveries; want ok after a put-back", r.Status, r.Deliveries)
+	}
+	if r := got["bad"]; r.Status != chat.StatusFailed || r.Error.Code != chat.CodeInvalidRequest {
+		t.Errorf("bad: %+v", r.Reply)
+	}
+	if !flaky.claimFailed.Load() || !flaky.replyFailed.Load() || !flaky.deadFailed.Load() {
+		t.Fatal("a failure was not injected")
+	}
+	poll.Until(t, 5*time.Second, "every delivery handled", func() bool {
+		_, ack, err := b.Backlog(context.Background())
+		return err == nil && ack == 0
+	})
+	if d := stored(t, b, chat.KindDead, subj.AllDead()); len(d) != 1 {
+		t.Errorf("%d dead letters, want 1", len(d))
+	}
+	// The claim failure and the lost reply each cost a put-back, not a
+	// second reply: the stream holds one per id (waitReplies checks), and
+	// the provider was called at most once per delivery that got that far.
+	if h := f.sim("deepseek").Hits(); h < 1 || h > 2 {
+		t.Errorf("provider called %d times", h)
 	}
 }
