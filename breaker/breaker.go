@@ -127,8 +127,10 @@ type Breaker struct {
 }
 
 // gateRetry is how long a process waits before asking the gate again after
-// a peer was found holding the probe.
-const gateRetry = 500 * time.Millisecond
+// a peer was found holding the probe. The peer's verdict, when it comes,
+// changes the state (and clears the wait) sooner.
+// (A variable so tests can shorten it.)
+var gateRetry = 5 * time.Second
 
 // New returns a closed breaker for the provider called name. onChange, when
 // not nil, is called on every transition; it runs under the library's lock,
@@ -153,6 +155,7 @@ func New(name string, cfg Config, onChange func(Transition)) *Breaker {
 			next := fromLib(to)
 			gen := b.snap.Load()>>2 + 1
 			b.snap.Store(gen<<2 | uint64(next))
+			b.gateDenied.Store(0)
 			now := time.Now()
 			if next == Open {
 				b.openedAt.Store(now.UnixNano())
@@ -258,11 +261,12 @@ func (b *Breaker) Admitting() bool {
 
 // ForceOpen opens the breaker until the given time because a peer found the
 // provider failing (the transition is reported with Forced set). A breaker
-// already open, or a time already past, is left alone.
+// open until then or later, or a time already past, is left alone; one open
+// until an earlier time is reopened until the later one.
 func (b *Breaker) ForceOpen(until time.Time) {
 	left := time.Until(until)
-	if left <= 0 || b.State() == Open {
-		return
+	if left <= 0 || (b.State() == Open && until.Sub(b.OpenUntil()) <= min(b.openFor/10, time.Second)) {
+		return // over, or already open about that long
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -300,18 +304,16 @@ func (b *Breaker) force(s circuitbreaker.State) {
 }
 
 func (b *Breaker) record(gen uint64, v Verdict) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	if b.snap.Load()>>2 != gen {
-		return // the breaker moved on while the call was out
+		return // the breaker moved on (or was forced on) while the call was out
 	}
 	switch v {
 	case Success:
-		b.mu.Lock()
 		b.cb.Success()
-		b.mu.Unlock()
 	case Failure:
-		b.mu.Lock()
 		b.cb.Fail()
-		b.mu.Unlock()
 	case Ignore:
 		// A probe that says nothing hands the probe to the next caller.
 		b.probe.CompareAndSwap(gen, gen-1)

@@ -247,6 +247,8 @@ func (g *gate) Done(string) {
 }
 
 func TestProbeGateAcrossProcesses(t *testing.T) {
+	defer func(d time.Duration) { gateRetry = d }(gateRetry)
+	gateRetry = 300 * time.Millisecond
 	g := &gate{}
 	b := New("p", Config{ConsecutiveFailures: 1, OpenFor: 20 * time.Millisecond}, nil)
 	b.SetProbeGate(g)
@@ -308,5 +310,23 @@ func TestForceOpenLastsUntilThePeersTime(t *testing.T) {
 	done(Success)
 	if b.State() != Closed {
 		t.Errorf("state %s after the probe's success", b.State())
+	}
+}
+
+func TestForceOpenExtendsToALaterPeerVerdict(t *testing.T) {
+	b := New("p", Config{ConsecutiveFailures: 5, OpenFor: time.Hour}, nil)
+	first := time.Now().Add(100 * time.Millisecond)
+	b.ForceOpen(first)
+	later := time.Now().Add(time.Hour)
+	b.ForceOpen(later) // a peer's probe failed: open for its full open_for
+	if got := b.OpenUntil(); got.Sub(later).Abs() > time.Millisecond {
+		t.Fatalf("OpenUntil %v, want the later %v", got, later)
+	}
+	// Watch the state until well past the first, earlier time.
+	for time.Now().Before(first.Add(200 * time.Millisecond)) {
+		if b.State() != Open {
+			t.Fatalf("state %s: the earlier timer half-opened a breaker reopened by a peer", b.State())
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -93,10 +93,21 @@ func (b *Broker) Claim(ctx context.Context, id string, seq uint64, worker string
 
 // Requeue records that the message with stream sequence seq is being put
 // back after a failed ladder with nothing published, so its next delivery
-// can skip the look for an earlier reply.
+// can skip the look for an earlier reply. It changes the claim only while
+// worker still holds it for that message: a claim finished, or taken over
+// by another delivery meanwhile, is left as it is.
 func (b *Broker) Requeue(ctx context.Context, id string, seq uint64, worker string) error {
+	key := claimKey(id)
+	entry, err := b.claims.Get(ctx, key)
+	if err != nil {
+		return fmt.Errorf("record %q as requeued: %w", id, err)
+	}
+	var c claim
+	if json.Unmarshal(entry.Value(), &c) != nil || c.Done || c.Seq != seq || c.Worker != worker {
+		return nil
+	}
 	v, _ := json.Marshal(claim{Requeued: true, Seq: seq, Worker: worker, At: time.Now()})
-	if _, err := b.claims.Put(ctx, claimKey(id), v); err != nil {
+	if _, err := b.claims.Update(ctx, key, v, entry.Revision()); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
 		return fmt.Errorf("record %q as requeued: %w", id, err)
 	}
 	return nil

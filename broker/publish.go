@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/nats-io/nats.go"
 
@@ -54,9 +55,8 @@ func (b *Broker) PublishDead(ctx context.Context, data []byte, d DeadLetter) err
 		msg.Data = data[:max(room, 0)]
 		msg.Header.Set(chat.HeaderTruncated, strconv.Itoa(len(data)))
 	}
-	if len(d.Reason) > maxReason {
-		d.Reason = d.Reason[:maxReason] + "..."
-	}
+	d.Reason = cut(d.Reason, maxReason)
+	d.Subject = cut(d.Subject, maxSubject)
 	msg.Header.Set(chat.HeaderMsgID, "dead-"+strconv.FormatUint(d.StreamSeq, 10))
 	msg.Header.Set(chat.HeaderCode, d.Code)
 	msg.Header.Set(chat.HeaderReason, d.Reason)
@@ -77,7 +77,16 @@ func (b *Broker) PublishDead(ctx context.Context, data []byte, d DeadLetter) err
 const (
 	deadHeaderRoom = 4096
 	maxReason      = 1024
+	maxSubject     = 512
 )
+
+// cut shortens s to at most n bytes without splitting a character.
+func cut(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return strings.ToValidUTF8(s[:n], "") + "..."
+}
 
 // PublishEvent records ev on CHAT_EVENTS without waiting for the server's
 // acknowledgement (events must never slow a request down); a failure is

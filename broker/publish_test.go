@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -356,5 +357,31 @@ func TestFindReply(t *testing.T) {
 				t.Errorf("FindReply(%q, %q, %v) = %v, want %v", c.conv, c.id, c.since, got, c.want)
 			}
 		})
+	}
+}
+
+// A request at the size limit, from a subject with a long (invalid) token,
+// must still fit in one dead letter: otherwise it would be put back forever.
+func TestPublishDeadAlwaysFits(t *testing.T) {
+	t.Parallel()
+	b := newBroker(t, broker.Topology{})
+	ctx := testCtx(t)
+	limit := int(b.Conn().MaxPayload())
+	data := []byte(strings.Repeat("x", limit-100))
+	subject := subj.Request(strings.Repeat("é", 2000)) // 4000 bytes of token
+	reason := strings.Repeat("ü", 2000)
+	err := b.PublishDead(ctx, data, broker.DeadLetter{Conv: chat.InvalidToken, Code: chat.CodeInvalidRequest,
+		Reason: reason, RequestID: strings.Repeat("🙂", 128), Deliveries: 1, StreamSeq: 9, Subject: subject})
+	if err != nil {
+		t.Fatalf("PublishDead: %v", err)
+	}
+	m := lastMsg(t, b, chat.StreamDead, subj.Dead(chat.InvalidToken))
+	if got := m.Header.Get(chat.HeaderTruncated); got != strconv.Itoa(len(data)) {
+		t.Errorf("Understudy-Truncated %q, want %d", got, len(data))
+	}
+	for _, h := range []string{chat.HeaderReason, chat.HeaderConvSubject} {
+		if v := m.Header.Get(h); !utf8.ValidString(v) || len(v) > 1100 {
+			t.Errorf("%s: %d bytes, valid UTF-8 %v", h, len(v), utf8.ValidString(v))
+		}
 	}
 }

@@ -79,14 +79,18 @@ type Result struct {
 	Index    int
 	Provider string
 	Attempts []chat.Attempt
-	// Calls counts the attempts that reached a provider (not skipped);
-	// Rejected those of them the provider refused (400/404/422).
-	Calls, Rejected int
+	// Calls counts the attempts that reached a provider, Skipped those
+	// that did not (breaker open, cooling down after a 429), Rejected the
+	// calls the provider refused (400/404/422).
+	Calls, Skipped, Rejected int
+	// Chain is the number of providers in the chain.
+	Chain int
 }
 
-// AllRejected reports whether every provider called refused the request: a
-// request no provider will take, not an outage to wait out.
-func (r *Result) AllRejected() bool { return r.Calls > 0 && r.Rejected == r.Calls }
+// AllRejected reports whether every provider of the chain was asked and
+// refused the request: a request no provider will take, not an outage to
+// wait out.
+func (r *Result) AllRejected() bool { return r.Chain > 0 && r.Rejected == r.Chain }
 
 // Degraded reports whether a provider other than the primary answered.
 func (r *Result) Degraded() bool { return r.Response != nil && r.Index > 0 }
@@ -112,7 +116,7 @@ func (c *Chain) NextAvailable(now time.Time) time.Time {
 // time left (the time left divided by the providers still available), so a
 // hung provider never eats the time the next one needs.
 func (c *Chain) Run(ctx context.Context, req *providers.Request, observe AttemptObserver) Result {
-	var res Result
+	res := Result{Chain: len(c.links)}
 	bo := &backoff.Backoff{Min: c.retry.Min, Max: c.retry.Max, Factor: c.retry.Factor, Jitter: c.retry.Jitter}
 	tried := false
 	for i, l := range c.links {
@@ -121,12 +125,14 @@ func (c *Chain) Run(ctx context.Context, req *providers.Request, observe Attempt
 		}
 		name := l.Provider.Name()
 		if l.cooling(time.Now()) {
+			res.Skipped++
 			c.record(&res, observe, chat.Attempt{Provider: name, Outcome: chat.OutcomeRateLimited}, nil)
 			continue
 		}
 		// Look before the backoff, take the breaker's permission after it:
 		// a half-open probe is not held through someone's sleep.
 		if !l.Breaker.Admitting() {
+			res.Skipped++
 			c.record(&res, observe, chat.Attempt{Provider: name, Outcome: chat.OutcomeBreakerOpen}, nil)
 			continue
 		}
@@ -135,6 +141,7 @@ func (c *Chain) Run(ctx context.Context, req *providers.Request, observe Attempt
 		}
 		done, err := l.Breaker.Allow()
 		if err != nil {
+			res.Skipped++
 			c.record(&res, observe, chat.Attempt{Provider: name, Outcome: chat.OutcomeBreakerOpen}, nil)
 			continue
 		}
@@ -157,9 +164,10 @@ func (c *Chain) Run(ctx context.Context, req *providers.Request, observe Attempt
 				l.coolUntil.Store(time.Now().Add(perr.RetryAfter).UnixNano())
 			}
 			done(breaker.Ignore)
-		case a.Outcome == chat.OutcomeTimeout && !judged:
-			// Cut short by a tiny budget (a request near its deadline):
-			// too little time to blame the provider.
+		case a.Outcome == chat.OutcomeTimeout && a.StatusCode == 0 && !judged:
+			// Our own timer cut a tiny budget short (a request near its
+			// deadline): too little time to blame the provider. (A 408 or
+			// 504 the provider sent counts.)
 			done(breaker.Ignore)
 		case providers.CountsAsFailure(a.Outcome):
 			done(breaker.Failure)

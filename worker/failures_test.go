@@ -219,6 +219,21 @@ func TestEveryProviderRejectingFailsAtOnce(t *testing.T) {
 	}
 }
 
+func TestRejectedWhileAnotherProviderIsOpenWaits(t *testing.T) {
+	// The primary refuses the request, but the fallback, which might take
+	// it, is open: that is an outage to wait out, not an invalid request.
+	b := newBroker(t, broker.Topology{})
+	f := newFleet(t, "deepseek", "llama")
+	f.sim("deepseek").SetMode(sim.ModeReject)
+	r := startPool(t, b, f, defaultSetup())
+	r.chain.Links()[1].Breaker.ForceOpen(time.Now().Add(time.Hour))
+	publish(t, b, "c-1", request("wait-for-llama"), "")
+	poll.Until(t, 10*time.Second, "a queued retry", func() bool { return len(events(t, b, chat.EventRetry)) >= 1 })
+	if n := len(replies(t, b)); n != 0 {
+		t.Fatalf("%d replies; want the request waiting for the open fallback", n)
+	}
+}
+
 func TestRateLimitSkipsProviderUntilRetryAfter(t *testing.T) {
 	b := newBroker(t, broker.Topology{})
 	f := newFleet(t, "deepseek", "llama")

@@ -93,7 +93,8 @@ func (p *Pool) handle(ctx context.Context, d *broker.Delivery) {
 		// Shutdown grace is over: let another worker have it now.
 		log.Info().Msg("shutting down mid-request; putting it back")
 		p.putBack(d, 0, &log)
-	case !time.Now().Before(deadline):
+	case time.Until(deadline) < p.cfg.RequeueMin:
+		// Passed, or too close to wait for another ladder.
 		p.giveUp(ctx, d, &req, token, res.Attempts, chat.CodeDeadlineExceeded, "deadline passed before a provider answered", start, &log)
 	case res.AllRejected():
 		// Every provider refused it (400/404/422): waiting will not help.
@@ -254,7 +255,7 @@ func (p *Pool) putBack(d *broker.Delivery, delay time.Duration, log *zerolog.Log
 // giveUp answers failed, dead-letters the request and stops its redelivery.
 func (p *Pool) giveUp(ctx context.Context, d *broker.Delivery, req *chat.Request, token string, attempts []chat.Attempt,
 	code, reason string, start time.Time, log *zerolog.Logger) {
-	p.deadLetter(ctx, fromDelivery(d), req, token, failure{code: code, reason: reason, attempts: attempts, start: start}, log)
+	p.deadLetter(ctx, fromDelivery(d), req, token, failure{code: code, reason: reason, attempts: attempts, start: start, markAnswered: true}, log)
 }
 
 // message is a request being given up on: a delivery, or a stored request
@@ -276,6 +277,10 @@ type failure struct {
 	code, reason string
 	attempts     []chat.Attempt
 	start        time.Time // when this delivery's processing began
+	// markAnswered records the id as answered, so that later messages with
+	// it are acked at once. Not for bad input: an unreadable request must
+	// not block a valid one that reuses its id.
+	markAnswered bool
 }
 
 // deadLetter is the one way a request is given up on: dead letter first (so
@@ -317,7 +322,7 @@ func (p *Pool) deadLetter(ctx context.Context, m message, req *chat.Request, tok
 			return
 		}
 	}
-	if req.ID != "" && f.code != chat.CodeInvalidRequest {
+	if f.markAnswered && req.ID != "" {
 		p.finish(ctx, m.seq, req.ID, log)
 	}
 	if m.d != nil {
@@ -373,7 +378,7 @@ func (p *Pool) maxDeliveries(ctx context.Context, seq, deliveries uint64) {
 		return
 	}
 	p.deadLetter(ctx, message{data: m.Data, subject: m.Subject, seq: seq, deliveries: deliveries, published: m.Time}, &req, token,
-		failure{code: chat.CodeProvidersExhausted, reason: fmt.Sprintf("deliveries ran out (%d) without an answer", deliveries), start: time.Now()}, &log)
+		failure{code: chat.CodeProvidersExhausted, reason: fmt.Sprintf("deliveries ran out (%d) without an answer", deliveries), start: time.Now(), markAnswered: true}, &log)
 }
 
 func queuedMS(published, start time.Time) int64 {
