@@ -70,7 +70,7 @@ func TestStopsPullingWhileEveryBreakerIsOpen(t *testing.T) {
 		s.SetMode(sim.ModeError)
 	}
 	s := defaultSetup()
-	s.breaker = breaker.Config{ConsecutiveFailures: 1, OpenFor: 1500 * time.Millisecond}
+	s.breaker = breaker.Config{ConsecutiveFailures: 1, OpenFor: 3 * time.Second}
 	r := startPool(t, b, f, s)
 	publish(t, b, "c-1", request("trip"), "")
 	poll.Until(t, 5*time.Second, "both breakers open", func() bool {
