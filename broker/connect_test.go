@@ -88,14 +88,7 @@ func checkNoConnection(t *testing.T, cfg broker.Config, secret string) error {
 func TestConnectExternalURL(t *testing.T) {
 	t.Parallel()
 	srv := startServer(t, nil)
-	b, err := broker.Connect(testCtx(t), broker.Config{URL: srv.ClientURL()}, "test", zerolog.Nop())
-	if err != nil {
-		t.Fatalf("Connect: %v", err)
-	}
-	t.Cleanup(b.Close)
-	if err := b.WaitConnected(testCtx(t)); err != nil {
-		t.Fatal(err)
-	}
+	b := connected(t, broker.Config{URL: srv.ClientURL()}, "test")
 	if !b.Connected() || b.Ready() {
 		t.Errorf("before Setup: Connected() = %v, Ready() = %v; want true, false", b.Connected(), b.Ready())
 	}
@@ -125,26 +118,12 @@ func TestConnectUserPassword(t *testing.T) {
 	})
 	url := srv.ClientURL()
 	t.Run("config", func(t *testing.T) {
-		b, err := broker.Connect(testCtx(t), broker.Config{URL: url, User: "alice", Password: "s3cret-pw"}, "test", zerolog.Nop())
-		if err != nil {
-			t.Fatalf("Connect: %v", err)
-		}
-		defer b.Close()
-		if err := b.WaitConnected(testCtx(t)); err != nil {
-			t.Fatal(err)
-		}
+		b := connected(t, broker.Config{URL: url, User: "alice", Password: "s3cret-pw"}, "test")
 		roundTrip(t, b)
 	})
 	t.Run("in the URL", func(t *testing.T) {
 		withCreds := strings.Replace(url, "nats://", "nats://alice:s3cret-pw@", 1)
-		b, err := broker.Connect(testCtx(t), broker.Config{URL: withCreds}, "test", zerolog.Nop())
-		if err != nil {
-			t.Fatalf("Connect: %v", err)
-		}
-		defer b.Close()
-		if err := b.WaitConnected(testCtx(t)); err != nil {
-			t.Fatal(err)
-		}
+		b := connected(t, broker.Config{URL: withCreds}, "test")
 		if strings.Contains(b.ClientURL(), "s3cret-pw") {
 			t.Errorf("ClientURL() reveals the password: %q", b.ClientURL())
 		}
@@ -166,14 +145,7 @@ func TestConnectToken(t *testing.T) {
 	srv := startServer(t, func(o *server.Options) { o.Authorization = "t0ken-value" })
 	url := srv.ClientURL()
 	t.Run("right token", func(t *testing.T) {
-		b, err := broker.Connect(testCtx(t), broker.Config{URL: url, Token: "t0ken-value"}, "test", zerolog.Nop())
-		if err != nil {
-			t.Fatalf("Connect: %v", err)
-		}
-		defer b.Close()
-		if err := b.WaitConnected(testCtx(t)); err != nil {
-			t.Fatal(err)
-		}
+		b := connected(t, broker.Config{URL: url, Token: "t0ken-value"}, "test")
 		roundTrip(t, b)
 	})
 	t.Run("wrong token", func(t *testing.T) {
@@ -257,14 +229,7 @@ func TestConnectEmbeddedListening(t *testing.T) {
 		_ = d.Ack()
 	}
 	// And a second broker connects by that URL.
-	b2, err := broker.Connect(testCtx(t), broker.Config{URL: url}, "second", zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b2.Close()
-	if err := b2.WaitConnected(testCtx(t)); err != nil {
-		t.Fatal(err)
-	}
+	b2 := connected(t, broker.Config{URL: url}, "second")
 	if err := b2.Setup(testCtx(t), broker.Topology{Subjects: subj, AckWait: 5 * time.Second}); err != nil {
 		t.Fatalf("Setup from a second broker: %v", err)
 	}
@@ -395,4 +360,19 @@ func TestConfigDefaults(t *testing.T) {
 			t.Errorf("Validate(%+v) = %v, want %q", c.cfg, err, c.key)
 		}
 	}
+}
+
+// connected connects with cfg and waits for the connection; the broker is
+// closed when the test ends.
+func connected(t *testing.T, cfg broker.Config, name string) *broker.Broker {
+	t.Helper()
+	b, err := broker.Connect(testCtx(t), cfg, name, zerolog.Nop())
+	if err != nil {
+		t.Fatalf("Connect: %v", err)
+	}
+	t.Cleanup(b.Close)
+	if err := b.WaitConnected(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -99,6 +99,14 @@ func defaultSetup() setup {
 		breaker: breaker.Config{ConsecutiveFailures: 3, OpenFor: time.Hour}}
 }
 
+// keepCalling is the default setup with a breaker that practically never
+// opens, for tests that want a failing provider called on every ladder.
+func keepCalling() setup {
+	s := defaultSetup()
+	s.breaker.ConsecutiveFailures = 1000
+	return s
+}
+
 // running is a pool working in the background.
 type running struct {
 	pool  *Pool

@@ -36,16 +36,14 @@ func (p *Pool) handle(ctx context.Context, d *broker.Delivery) {
 	switch res, err := p.b.Claim(ctx, req.ID, d.StreamSeq, p.id, p.staleClaim()); {
 	case err != nil:
 		if !time.Now().Before(deadline) {
-			p.giveUp(ctx, d, &req, token, nil, chat.CodeDeadlineExceeded, "deadline passed before a provider answered", start, &log)
+			p.expired(ctx, d, &req, token, nil, start, &log)
 			return
 		}
 		log.Warn().Err(err).Msg("cannot claim the request id; putting it back")
 		p.putBack(d, p.requeueDelay(d.NumDelivered), &log)
 		return
 	case res == broker.ClaimDone:
-		p.m.requests.WithLabelValues(resultDuplicate).Inc()
-		log.Info().Msg("request id already answered; acking without a provider call")
-		_ = d.Ack()
+		p.duplicate(d, "request id already answered; acking without a provider call", &log)
 		return
 	case res == broker.ClaimBusy:
 		p.m.requests.WithLabelValues(resultBusy).Inc()
@@ -65,15 +63,13 @@ func (p *Pool) handle(ctx context.Context, d *broker.Delivery) {
 		}
 		if found {
 			p.finish(ctx, d.StreamSeq, req.ID, &log)
-			p.m.requests.WithLabelValues(resultDuplicate).Inc()
-			log.Info().Msg("reply found from an earlier delivery; acking without a provider call")
-			_ = d.Ack()
+			p.duplicate(d, "reply found from an earlier delivery; acking without a provider call", &log)
 			return
 		}
 	}
 
 	if !time.Now().Before(deadline) {
-		p.giveUp(ctx, d, &req, token, nil, chat.CodeDeadlineExceeded, "deadline passed before a provider answered", start, &log)
+		p.expired(ctx, d, &req, token, nil, start, &log)
 		return
 	}
 
@@ -95,13 +91,13 @@ func (p *Pool) handle(ctx context.Context, d *broker.Delivery) {
 		p.putBack(d, 0, &log)
 	case time.Until(deadline) < p.cfg.RequeueMin:
 		// Passed, or too close to wait for another ladder.
-		p.giveUp(ctx, d, &req, token, res.Attempts, chat.CodeDeadlineExceeded, "deadline passed before a provider answered", start, &log)
+		p.expired(ctx, d, &req, token, res.Attempts, start, &log)
 	case res.AllRejected():
 		// Every provider refused it (400/404/422): waiting will not help.
 		p.giveUp(ctx, d, &req, token, res.Attempts, chat.CodeInvalidRequest, "every provider called rejected the request (400/404/422)", start, &log)
 	case res.Calls > 0 && p.cfg.MaxDeliveries > 0 && d.NumDelivered >= uint64(p.cfg.MaxDeliveries):
 		// A ladder that only skipped providers (all open or cooling down)
-		// never gives up: it waits for one to come back.
+		// does not end in providers_exhausted: it waits for one to return.
 		p.giveUp(ctx, d, &req, token, res.Attempts, chat.CodeProvidersExhausted,
 			fmt.Sprintf("every provider failed, on delivery %d (worker.max_deliveries %d)", d.NumDelivered, p.cfg.MaxDeliveries), start, &log)
 	default:
@@ -117,6 +113,19 @@ type status struct {
 	State      string `json:"state"`
 	RetryInMS  int64  `json:"retry_in_ms,omitempty"`
 	Deliveries uint64 `json:"deliveries"`
+}
+
+// expired gives up on a request whose deadline has passed (or is too close
+// for another ladder).
+func (p *Pool) expired(ctx context.Context, d *broker.Delivery, req *chat.Request, token string, attempts []chat.Attempt, start time.Time, log *zerolog.Logger) {
+	p.giveUp(ctx, d, req, token, attempts, chat.CodeDeadlineExceeded, "deadline passed before a provider answered", start, log)
+}
+
+// duplicate acks a delivery whose request id has already been answered.
+func (p *Pool) duplicate(d *broker.Delivery, why string, log *zerolog.Logger) {
+	p.m.requests.WithLabelValues(resultDuplicate).Inc()
+	log.Info().Msg(why)
+	_ = d.Ack()
 }
 
 // staleClaim is how old another message's claim on a request id must be
