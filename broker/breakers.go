@@ -85,7 +85,7 @@ func (b *Broker) WatchBreakers(ctx context.Context, fn func(provider string, st 
 // half-open probe. A claim older than stale is presumed abandoned (its
 // worker died mid-probe) and taken over.
 func (b *Broker) ClaimProbe(ctx context.Context, provider, worker string, stale time.Duration) (bool, error) {
-	v, _ := json.Marshal(probeClaim{Worker: worker, At: time.Now()})
+	v, _ := json.Marshal(probeClaim{Worker: worker, At: b.now()})
 	if _, err := b.breakers.Create(ctx, probeKey(provider), v); err == nil {
 		return true, nil
 	} else if !errors.Is(err, jetstream.ErrKeyExists) {
@@ -96,7 +96,7 @@ func (b *Broker) ClaimProbe(ctx context.Context, provider, worker string, stale 
 		return false, fmt.Errorf("claim probe of %s: %w", provider, err)
 	}
 	var c probeClaim
-	if json.Unmarshal(e.Value(), &c) == nil && time.Since(c.At) < stale {
+	if json.Unmarshal(e.Value(), &c) == nil && b.now().Sub(c.At) < stale {
 		return false, nil
 	}
 	if _, err := b.breakers.Update(ctx, probeKey(provider), v, e.Revision()); err != nil {

@@ -31,6 +31,7 @@ type Broker struct {
 
 	connected atomic.Bool
 	closing   atomic.Bool
+	clock     Clock // nil: time.Now
 }
 
 // Connect connects to cfg.URL, or starts an embedded JetStream server when

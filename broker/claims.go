@@ -48,7 +48,7 @@ func claimKey(id string) string {
 // taken over (its worker is presumed dead).
 func (b *Broker) Claim(ctx context.Context, id string, seq uint64, worker string, stale time.Duration) (ClaimResult, error) {
 	key := claimKey(id)
-	mine, _ := json.Marshal(claim{Seq: seq, Worker: worker, At: time.Now()})
+	mine, _ := json.Marshal(claim{Seq: seq, Worker: worker, At: b.now()})
 	for range 3 {
 		_, err := b.claims.Create(ctx, key, mine)
 		if err == nil {
@@ -74,7 +74,7 @@ func (b *Broker) Claim(ctx context.Context, id string, seq uint64, worker string
 		// The same message again: either its holder put it back (Requeued)
 		// or the delivery was lost (ack wait ran out: the worker died or
 		// stalled); then its worker no longer holds it.
-		if c.Seq != seq && time.Since(c.At) < stale {
+		if c.Seq != seq && b.now().Sub(c.At) < stale {
 			return ClaimBusy, nil
 		}
 		if _, err := b.claims.Update(ctx, key, mine, entry.Revision()); err != nil {
@@ -106,7 +106,7 @@ func (b *Broker) Requeue(ctx context.Context, id string, seq uint64, worker stri
 	if json.Unmarshal(entry.Value(), &c) != nil || c.Done || c.Seq != seq || c.Worker != worker {
 		return nil
 	}
-	v, _ := json.Marshal(claim{Requeued: true, Seq: seq, Worker: worker, At: time.Now()})
+	v, _ := json.Marshal(claim{Requeued: true, Seq: seq, Worker: worker, At: b.now()})
 	if _, err := b.claims.Update(ctx, key, v, entry.Revision()); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
 		return fmt.Errorf("record %q as requeued: %w", id, err)
 	}
@@ -128,13 +128,13 @@ func (b *Broker) Answered(ctx context.Context, id string, seq uint64, stale time
 	if err := json.Unmarshal(entry.Value(), &c); err != nil {
 		return false, false, fmt.Errorf("claim %q holds %q: %w", id, entry.Value(), err)
 	}
-	return c.Done, !c.Done && c.Seq != seq && time.Since(c.At) < stale, nil
+	return c.Done, !c.Done && c.Seq != seq && b.now().Sub(c.At) < stale, nil
 }
 
 // Finish marks request id answered: any later message with this id is acked
 // without calling a provider.
 func (b *Broker) Finish(ctx context.Context, id string, seq uint64, worker string) error {
-	v, _ := json.Marshal(claim{Done: true, Seq: seq, Worker: worker, At: time.Now()})
+	v, _ := json.Marshal(claim{Done: true, Seq: seq, Worker: worker, At: b.now()})
 	if _, err := b.claims.Put(ctx, claimKey(id), v); err != nil {
 		return fmt.Errorf("mark %q answered: %w", id, err)
 	}
