@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -17,125 +18,226 @@ type ClaimResult int
 const (
 	// ClaimWon: the caller holds the request id and must answer it.
 	ClaimWon ClaimResult = iota
-	// ClaimTakenOver: the caller holds the id after an earlier delivery of
-	// the same message was lost (a crashed or stalled worker): the reply may
-	// already have been published, so look before calling a provider.
+	// ClaimTakenOver: the caller holds the id after an earlier holder was
+	// lost (a crashed or partitioned worker) or let go after a write that
+	// may have landed: the reply may already have been published, so look
+	// before calling a provider.
 	ClaimTakenOver
 	// ClaimDone: the id has been answered; ack without calling anyone.
 	ClaimDone
-	// ClaimBusy: another message with the same id is being answered by a
-	// live worker; put this one back and look again later.
+	// ClaimBusy: a live worker holds the id (for this message or another
+	// with the same id); put this one back and look again later.
 	ClaimBusy
 )
 
-type claim struct {
+// ErrClaimLost is returned by Claim.Refresh when another delivery took the
+// claim over: this holder was presumed dead and must leave the request to
+// the new one (no provider call, no reply, no ack).
+var ErrClaimLost = errors.New("claim taken over by another delivery")
+
+// claimValue is what the bucket holds for a request id.
+type claimValue struct {
 	Done bool `json:"done"`
 	// Requeued: the holder put its message back after a failed ladder,
-	// having published nothing; its next delivery needs no look for a reply.
-	Requeued bool      `json:"requeued,omitempty"`
-	Seq      uint64    `json:"seq"`
-	Worker   string    `json:"worker"`
-	At       time.Time `json:"at"`
+	// having published nothing; the next holder needs no look for a reply.
+	Requeued bool `json:"requeued,omitempty"`
+	// Released: the holder let go after a write that may have landed (a
+	// reply whose acknowledgement never came); the next holder looks.
+	Released bool   `json:"released,omitempty"`
+	Seq      uint64 `json:"seq"`
+	Worker   string `json:"worker"`
+	// At is the writer's own clock, for people reading the bucket; it
+	// decides nothing.
+	At time.Time `json:"at"`
+	// StaleMS is the holder's promise: it refreshes the claim more often
+	// than this, by the server's clock; a claim not written for that long
+	// is presumed abandoned.
+	StaleMS int64 `json:"stale_ms,omitempty"`
 }
+
+// open reports whether the claim is neither answered nor let go: a live
+// worker may hold it.
+func (c claimValue) open() bool { return !c.Done && !c.Requeued && !c.Released }
 
 // claimKey turns a request id (any characters) into a valid KV key.
 func claimKey(id string) string {
 	return "id." + base64.RawURLEncoding.EncodeToString([]byte(id))
 }
 
+// Claim is one delivery's hold on a request id, from winning it to Finish,
+// Requeue or Release. The holder keeps it alive with Refresh; a claim not
+// refreshed for its staleness (by the server's clock) may be taken over.
+type Claim struct {
+	b      *Broker
+	id     string
+	seq    uint64
+	worker string
+	stale  time.Duration
+
+	mu  sync.Mutex
+	rev uint64
+}
+
+func (b *Broker) claimValue(v claimValue) []byte {
+	v.At = b.now()
+	data, _ := json.Marshal(v)
+	return data
+}
+
 // Claim records that worker is answering request id from the message with
-// stream sequence seq. A claim older than stale held by another message is
-// taken over (its worker is presumed dead).
-func (b *Broker) Claim(ctx context.Context, id string, seq uint64, worker string, stale time.Duration) (ClaimResult, error) {
+// stream sequence seq, promising to refresh the claim more often than stale.
+// Another delivery's claim is taken over when it was settled without an
+// answer (requeued or released) or has not been refreshed for its own
+// staleness, measured with the server's timestamps; otherwise the result is
+// ClaimBusy. The *Claim is non-nil for ClaimWon and ClaimTakenOver.
+func (b *Broker) Claim(ctx context.Context, id string, seq uint64, worker string, stale time.Duration) (*Claim, ClaimResult, error) {
+	c := &Claim{b: b, id: id, seq: seq, worker: worker, stale: stale}
 	key := claimKey(id)
-	mine, _ := json.Marshal(claim{Seq: seq, Worker: worker, At: b.now()})
+	mine := b.claimValue(c.value())
 	for range 3 {
-		_, err := b.claims.Create(ctx, key, mine)
+		rev, err := b.claims.Create(ctx, key, mine)
 		if err == nil {
-			return ClaimWon, nil
+			c.rev = rev
+			return c, ClaimWon, nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) {
-			return 0, fmt.Errorf("claim %q: %w", id, err)
+			return nil, 0, fmt.Errorf("claim %q: %w", id, err)
 		}
-		entry, err := b.claims.Get(ctx, key)
+		entry, held, err := b.readClaim(ctx, key, stale)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			continue // expired or deleted between the two calls
 		}
 		if err != nil {
-			return 0, fmt.Errorf("read claim %q: %w", id, err)
+			return nil, 0, fmt.Errorf("claim %q: %w", id, err)
 		}
-		var c claim
-		if err := json.Unmarshal(entry.Value(), &c); err != nil {
-			return 0, fmt.Errorf("claim %q holds %q: %w", id, entry.Value(), err)
+		if held.Done {
+			return nil, ClaimDone, nil
 		}
-		if c.Done {
-			return ClaimDone, nil
+		if held.open() && !held.stale {
+			return nil, ClaimBusy, nil
 		}
-		// The same message again: either its holder put it back (Requeued)
-		// or the delivery was lost (ack wait ran out: the worker died or
-		// stalled); then its worker no longer holds it.
-		if c.Seq != seq && b.now().Sub(c.At) < stale {
-			return ClaimBusy, nil
-		}
-		if _, err := b.claims.Update(ctx, key, mine, entry.Revision()); err != nil {
-			if errors.Is(err, jetstream.ErrKeyExists) {
+		rev, err = b.claims.Update(ctx, key, mine, entry.Revision())
+		if err != nil {
+			if isConflict(err) {
 				continue // somebody else moved first; look again
 			}
-			return 0, fmt.Errorf("take over claim %q: %w", id, err)
+			return nil, 0, fmt.Errorf("take over claim %q: %w", id, err)
 		}
-		if c.Seq == seq && c.Requeued {
-			return ClaimWon, nil
+		c.rev = rev
+		if held.Requeued {
+			return c, ClaimWon, nil // its holder published nothing
 		}
-		return ClaimTakenOver, nil
+		return c, ClaimTakenOver, nil
 	}
-	return ClaimBusy, nil
+	return nil, ClaimBusy, nil
 }
 
-// Requeue records that the message with stream sequence seq is being put
-// back after a failed ladder with nothing published, so its next delivery
-// can skip the look for an earlier reply. It changes the claim only while
-// worker still holds it for that message: a claim finished, or taken over
-// by another delivery meanwhile, is left as it is.
-func (b *Broker) Requeue(ctx context.Context, id string, seq uint64, worker string) error {
-	key := claimKey(id)
+// readClaim is a claim as read, judged stale or not.
+type readClaim struct {
+	claimValue
+	stale bool
+}
+
+// readClaim reads the claim under key and judges an open one stale when
+// the server has not seen it written for its staleness.
+func (b *Broker) readClaim(ctx context.Context, key string, defaultStale time.Duration) (jetstream.KeyValueEntry, readClaim, error) {
 	entry, err := b.claims.Get(ctx, key)
 	if err != nil {
-		return fmt.Errorf("record %q as requeued: %w", id, err)
+		return nil, readClaim{}, err
 	}
-	var c claim
-	if json.Unmarshal(entry.Value(), &c) != nil || c.Done || c.Seq != seq || c.Worker != worker {
-		return nil
+	var c readClaim
+	if err := json.Unmarshal(entry.Value(), &c.claimValue); err != nil {
+		return nil, readClaim{}, fmt.Errorf("claim holds %q: %w", entry.Value(), err)
 	}
-	v, _ := json.Marshal(claim{Requeued: true, Seq: seq, Worker: worker, At: b.now()})
-	if _, err := b.claims.Update(ctx, key, v, entry.Revision()); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
-		return fmt.Errorf("record %q as requeued: %w", id, err)
+	if !c.open() {
+		return entry, c, nil
+	}
+	stale := defaultStale
+	if c.StaleMS > 0 {
+		stale = time.Duration(c.StaleMS) * time.Millisecond
+	}
+	age, err := serverAge(ctx, b.claims, entry)
+	if err != nil {
+		return nil, readClaim{}, err
+	}
+	c.stale = age >= stale
+	return entry, c, nil
+}
+
+func isConflict(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, jetstream.ErrKeyExists) || (errors.As(err, &apiErr) &&
+		(apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant))
+}
+
+func (c *Claim) value() claimValue {
+	return claimValue{Seq: c.seq, Worker: c.worker, StaleMS: c.stale.Milliseconds()}
+}
+
+// update writes v over the claim if this holder still has it.
+func (c *Claim) update(ctx context.Context, v claimValue) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	rev, err := c.b.claims.Update(ctx, claimKey(c.id), c.b.claimValue(v), c.rev)
+	if err != nil {
+		if isConflict(err) {
+			return ErrClaimLost
+		}
+		return fmt.Errorf("claim %q: %w", c.id, err)
+	}
+	c.rev = rev
+	return nil
+}
+
+// Refresh tells the other workers the holder is alive. ErrClaimLost means
+// another delivery took the claim over.
+func (c *Claim) Refresh(ctx context.Context) error { return c.update(ctx, c.value()) }
+
+// Requeue records that the holder put its message back with nothing
+// published, so the next delivery takes the claim at once and needs no look
+// for an earlier reply. A claim lost meanwhile is left as it is.
+func (c *Claim) Requeue(ctx context.Context) error {
+	v := c.value()
+	v.Requeued = true
+	if err := c.update(ctx, v); err != nil && !errors.Is(err, ErrClaimLost) {
+		return err
 	}
 	return nil
 }
 
+// Release records that the holder let go after a write that may have
+// landed: the next delivery takes the claim at once and looks for a reply.
+func (c *Claim) Release(ctx context.Context) error {
+	v := c.value()
+	v.Released = true
+	if err := c.update(ctx, v); err != nil && !errors.Is(err, ErrClaimLost) {
+		return err
+	}
+	return nil
+}
+
+// Finish marks the request id answered (whoever holds the claim now: the
+// reply is stored).
+func (c *Claim) Finish(ctx context.Context) error { return c.b.Finish(ctx, c.id, c.seq, c.worker) }
+
 // Answered reports whether request id has been answered, without touching
-// its claim; held is true when another message's fresh claim (younger than
-// stale) holds it.
-func (b *Broker) Answered(ctx context.Context, id string, seq uint64, stale time.Duration) (answered, held bool, err error) {
-	entry, err := b.claims.Get(ctx, claimKey(id))
+// its claim; held is true when a live worker (by the claim's staleness on
+// the server's clock) holds it for any message.
+func (b *Broker) Answered(ctx context.Context, id string, stale time.Duration) (answered, held bool, err error) {
+	_, c, err := b.readClaim(ctx, claimKey(id), stale)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return false, false, nil
 	}
 	if err != nil {
 		return false, false, fmt.Errorf("read claim %q: %w", id, err)
 	}
-	var c claim
-	if err := json.Unmarshal(entry.Value(), &c); err != nil {
-		return false, false, fmt.Errorf("claim %q holds %q: %w", id, entry.Value(), err)
-	}
-	return c.Done, !c.Done && c.Seq != seq && b.now().Sub(c.At) < stale, nil
+	return c.Done, c.open() && !c.stale, nil
 }
 
 // Finish marks request id answered: any later message with this id is acked
 // without calling a provider.
 func (b *Broker) Finish(ctx context.Context, id string, seq uint64, worker string) error {
-	v, _ := json.Marshal(claim{Done: true, Seq: seq, Worker: worker, At: b.now()})
-	if _, err := b.claims.Put(ctx, claimKey(id), v); err != nil {
+	if _, err := b.claims.Put(ctx, claimKey(id), b.claimValue(claimValue{Done: true, Seq: seq, Worker: worker})); err != nil {
 		return fmt.Errorf("mark %q answered: %w", id, err)
 	}
 	return nil

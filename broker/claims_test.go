@@ -1,6 +1,7 @@
 package broker_test
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -28,57 +29,100 @@ func TestClaimLifecycle(t *testing.T) {
 	b := newBroker(t, broker.Topology{})
 	ctx := testCtx(t)
 	const hour = time.Hour
+	held := map[string]*broker.Claim{}
 	steps := []struct {
 		name   string
 		id     string
 		seq    uint64
 		worker string
-		finish bool // call Finish instead of Claim
-		want   broker.ClaimResult
+		// do, instead of a Claim: "finish", "requeue" or "release" the
+		// claim held by worker
+		do   string
+		want broker.ClaimResult
 	}{
 		{name: "fresh id", id: "r1", seq: 10, worker: "w1", want: broker.ClaimWon},
-		{name: "same id from another message while fresh", id: "r1", seq: 11, worker: "w2", want: broker.ClaimBusy},
-		{name: "same id from the same message (a redelivery)", id: "r1", seq: 10, worker: "w2", want: broker.ClaimTakenOver},
-		{name: "the original worker again, same message", id: "r1", seq: 10, worker: "w1", want: broker.ClaimTakenOver},
-		{name: "other message still busy", id: "r1", seq: 11, worker: "w3", want: broker.ClaimBusy},
-		{name: "another id is independent", id: "r2", seq: 11, worker: "w3", want: broker.ClaimWon},
-		{name: "finish r1", id: "r1", seq: 10, worker: "w1", finish: true},
-		{name: "done for the same message", id: "r1", seq: 10, worker: "w1", want: broker.ClaimDone},
-		{name: "done for another message", id: "r1", seq: 11, worker: "w2", want: broker.ClaimDone},
+		{name: "same id from another message while held", id: "r1", seq: 11, worker: "w2", want: broker.ClaimBusy},
+		{name: "same message redelivered while its holder lives", id: "r1", seq: 10, worker: "w2", want: broker.ClaimBusy},
+		{name: "the holder puts it back, publishing nothing", id: "r1", worker: "w1", do: "requeue"},
+		{name: "the redelivery takes it at once, no look needed", id: "r1", seq: 10, worker: "w2", want: broker.ClaimWon},
+		{name: "other message busy again", id: "r1", seq: 11, worker: "w3", want: broker.ClaimBusy},
+		{name: "the holder lets go after a write that may have landed", id: "r1", worker: "w2", do: "release"},
+		{name: "the next one takes it over and must look", id: "r1", seq: 11, worker: "w3", want: broker.ClaimTakenOver},
+		{name: "another id is independent", id: "r2", seq: 12, worker: "w3", want: broker.ClaimWon},
+		{name: "finish r1", id: "r1", worker: "w3", do: "finish"},
+		{name: "done for the same message", id: "r1", seq: 11, worker: "w1", want: broker.ClaimDone},
+		{name: "done for another message", id: "r1", seq: 10, worker: "w2", want: broker.ClaimDone},
 		{name: "done for a later message", id: "r1", seq: 999, worker: "w4", want: broker.ClaimDone},
-		{name: "r2 still busy for another message", id: "r2", seq: 12, worker: "w1", want: broker.ClaimBusy},
-		{name: "finish without a claim", id: "r3", seq: 20, worker: "w1", finish: true},
-		{name: "done after a bare finish", id: "r3", seq: 21, worker: "w2", want: broker.ClaimDone},
+		{name: "r2 still busy for another message", id: "r2", seq: 13, worker: "w1", want: broker.ClaimBusy},
 	}
 	for _, s := range steps {
-		if s.finish {
-			if err := b.Finish(ctx, s.id, s.seq, s.worker); err != nil {
-				t.Fatalf("%s: Finish: %v", s.name, err)
+		if s.do != "" {
+			c := held[s.id+"/"+s.worker]
+			if c == nil {
+				t.Fatalf("%s: %s holds no claim on %s", s.name, s.worker, s.id)
+			}
+			var err error
+			switch s.do {
+			case "finish":
+				err = c.Finish(ctx)
+			case "requeue":
+				err = c.Requeue(ctx)
+			case "release":
+				err = c.Release(ctx)
+			}
+			if err != nil {
+				t.Fatalf("%s: %v", s.name, err)
 			}
 			continue
 		}
-		got, err := b.Claim(ctx, s.id, s.seq, s.worker, hour)
+		c, got, err := b.Claim(ctx, s.id, s.seq, s.worker, hour)
 		if err != nil {
 			t.Fatalf("%s: Claim: %v", s.name, err)
 		}
 		if got != s.want {
 			t.Errorf("%s: Claim(%q, seq %d) = %s, want %s", s.name, s.id, s.seq, claimName(got), claimName(s.want))
 		}
+		if (c != nil) != (got == broker.ClaimWon || got == broker.ClaimTakenOver) {
+			t.Errorf("%s: claim handle %v with %s", s.name, c, claimName(got))
+		}
+		if c != nil {
+			held[s.id+"/"+s.worker] = c
+		}
+	}
+	// A bare Finish (the advisory path holds no claim) marks the id too.
+	if err := b.Finish(ctx, "r3", 20, "w1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, got, err := b.Claim(ctx, "r3", 21, "w2", hour); err != nil || got != broker.ClaimDone {
+		t.Errorf("Claim after a bare Finish = %s, %v; want ClaimDone", claimName(got), err)
 	}
 }
 
+// A claim is judged stale by the server's clock: not refreshed for its
+// holder's staleness. Refreshing keeps it; the holder whose claim was taken
+// over learns it on its next refresh.
 func TestClaimStaleIsTakenOver(t *testing.T) {
 	t.Parallel()
 	b := newBroker(t, broker.Topology{})
 	ctx := testCtx(t)
-	if got, err := b.Claim(ctx, "r1", 1, "dead-worker", time.Hour); err != nil || got != broker.ClaimWon {
+	const stale = 300 * time.Millisecond
+	old, got, err := b.Claim(ctx, "r1", 1, "dead-worker", stale)
+	if err != nil || got != broker.ClaimWon {
 		t.Fatalf("first Claim = %s, %v", claimName(got), err)
 	}
-	const stale = 100 * time.Millisecond
-	var got broker.ClaimResult
+	// Refreshed, it stays held past its staleness.
+	for range 4 {
+		time.Sleep(stale / 3)
+		if err := old.Refresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, got, err := b.Claim(ctx, "r1", 2, "w2", stale); err != nil || got != broker.ClaimBusy {
+		t.Fatalf("Claim of a refreshed claim = %s, %v; want ClaimBusy", claimName(got), err)
+	}
+	var c *broker.Claim
 	poll.Until(t, 5*time.Second, "the claim to become stale and be taken over", func() bool {
-		var err error
-		got, err = b.Claim(ctx, "r1", 2, "w2", stale)
+		c, got, err = b.Claim(ctx, "r1", 2, "w2", time.Hour) // the holder's promise decides
 		if err != nil {
 			t.Fatalf("Claim: %v", err)
 		}
@@ -87,17 +131,40 @@ func TestClaimStaleIsTakenOver(t *testing.T) {
 		}
 		return got == broker.ClaimTakenOver
 	})
-	// The new holder's claim is fresh: the old message is now the busy one.
-	if got, err := b.Claim(ctx, "r1", 1, "dead-worker", time.Hour); err != nil || got != broker.ClaimBusy {
+	if err := old.Refresh(ctx); !errors.Is(err, broker.ErrClaimLost) {
+		t.Errorf("the old holder's Refresh = %v, want ErrClaimLost", err)
+	}
+	if _, got, err := b.Claim(ctx, "r1", 1, "dead-worker", stale); err != nil || got != broker.ClaimBusy {
 		t.Errorf("old message after the takeover: Claim = %s, %v; want ClaimBusy", claimName(got), err)
 	}
-	// A stale claim that is done stays done.
-	if err := b.Finish(ctx, "r1", 2, "w2"); err != nil {
+	if err := c.Finish(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := b.Claim(ctx, "r1", 3, "w3", 0); err != nil || got != broker.ClaimDone {
+	if _, got, err := b.Claim(ctx, "r1", 3, "w3", 0); err != nil || got != broker.ClaimDone {
 		t.Errorf("Claim after Finish with stale 0 = %s, %v; want ClaimDone", claimName(got), err)
 	}
+}
+
+// Clocks a minute apart neither steal a live claim nor keep a dead one.
+func TestClaimStalenessIgnoresClocks(t *testing.T) {
+	t.Parallel()
+	ahead := newBroker(t, broker.Topology{})
+	ctx := testCtx(t)
+	ahead.SetClock(func() time.Time { return time.Now().Add(time.Minute) })
+	if _, got, err := ahead.Claim(ctx, "skew", 1, "ahead", time.Second); err != nil || got != broker.ClaimWon {
+		t.Fatalf("Claim = %s, %v", claimName(got), err)
+	}
+	ahead.SetClock(func() time.Time { return time.Now().Add(-time.Minute) })
+	if _, got, err := ahead.Claim(ctx, "skew", 2, "behind", time.Second); err != nil || got != broker.ClaimBusy {
+		t.Fatalf("a fresh claim stamped a minute ahead, read a minute behind: %s, %v; want ClaimBusy", claimName(got), err)
+	}
+	poll.Until(t, 5*time.Second, "the dead holder's claim taken over", func() bool {
+		_, got, err := ahead.Claim(ctx, "skew", 2, "behind", time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got == broker.ClaimTakenOver
+	})
 }
 
 func TestClaimArbitraryIDs(t *testing.T) {
@@ -129,20 +196,20 @@ func TestClaimArbitraryIDs(t *testing.T) {
 	for i, c := range ids {
 		t.Run(c.name, func(t *testing.T) {
 			seq := uint64(100 + i)
-			got, err := b.Claim(ctx, c.id, seq, "w1", time.Hour)
+			claim, got, err := b.Claim(ctx, c.id, seq, "w1", time.Hour)
 			if err != nil {
 				t.Fatalf("Claim(%q): %v", c.id, err)
 			}
 			if got != broker.ClaimWon {
 				t.Fatalf("Claim(%q) on a fresh id = %s, want ClaimWon", c.id, claimName(got))
 			}
-			if got, err := b.Claim(ctx, c.id, seq+1000, "w2", time.Hour); err != nil || got != broker.ClaimBusy {
+			if _, got, err := b.Claim(ctx, c.id, seq+1000, "w2", time.Hour); err != nil || got != broker.ClaimBusy {
 				t.Errorf("Claim(%q) from another message = %s, %v; want ClaimBusy", c.id, claimName(got), err)
 			}
-			if err := b.Finish(ctx, c.id, seq, "w1"); err != nil {
+			if err := claim.Finish(ctx); err != nil {
 				t.Fatalf("Finish(%q): %v", c.id, err)
 			}
-			if got, err := b.Claim(ctx, c.id, seq+2000, "w3", time.Hour); err != nil || got != broker.ClaimDone {
+			if _, got, err := b.Claim(ctx, c.id, seq+2000, "w3", time.Hour); err != nil || got != broker.ClaimDone {
 				t.Errorf("Claim(%q) after Finish = %s, %v; want ClaimDone", c.id, claimName(got), err)
 			}
 		})

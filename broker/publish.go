@@ -2,12 +2,13 @@ package broker
 
 import (
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/understudy-ai/understudy/chat"
 )
@@ -16,7 +17,7 @@ import (
 // by msgID (the request id, or invalid-<seq>). It reports whether the server
 // already had a reply with that id.
 func (b *Broker) PublishReply(ctx context.Context, conv, msgID string, reply *chat.Reply) (duplicate bool, err error) {
-	data, err := json.Marshal(reply)
+	data, err := chat.Marshal(reply)
 	if err != nil {
 		return false, fmt.Errorf("encode reply: %w", err)
 	}
@@ -24,9 +25,33 @@ func (b *Broker) PublishReply(ctx context.Context, conv, msgID string, reply *ch
 	msg.Header.Set(chat.HeaderMsgID, msgID)
 	ack, err := b.js.PublishMsg(ctx, msg)
 	if err != nil {
-		return false, fmt.Errorf("publish reply: %w", err)
+		return false, publishError("publish reply", err)
 	}
 	return ack.Duplicate, nil
+}
+
+// ErrUnstorable marks a publish error that no retry can fix: the message is
+// over the server's max_payload, or the stream refuses its size or shape.
+// The caller must give up on what it was storing, not put it back.
+var ErrUnstorable = errors.New("message cannot be stored")
+
+// publishError wraps a publish error, marking the permanent ones with
+// ErrUnstorable.
+func publishError(what string, err error) error {
+	if permanent(err) {
+		return fmt.Errorf("%s: %w: %w", what, ErrUnstorable, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+func permanent(err error) bool {
+	for _, p := range []error{nats.ErrMaxPayload, nats.ErrBadSubject, nats.ErrInvalidMsg, nats.ErrHeadersNotSupported} {
+		if errors.Is(err, p) {
+			return true
+		}
+	}
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum
 }
 
 // DeadLetter describes why a request was given up on.
@@ -67,7 +92,7 @@ func (b *Broker) PublishDead(ctx context.Context, data []byte, d DeadLetter) err
 	msg.Header.Set(chat.HeaderStreamSeq, strconv.FormatUint(d.StreamSeq, 10))
 	msg.Header.Set(chat.HeaderConvSubject, d.Subject)
 	if _, err := b.js.PublishMsg(ctx, msg); err != nil {
-		return fmt.Errorf("publish dead letter: %w", err)
+		return publishError("publish dead letter", err)
 	}
 	return nil
 }
@@ -93,7 +118,7 @@ func cut(s string, n int) string {
 // logged. key is the conversation or provider the subject names.
 func (b *Broker) PublishEvent(ev *chat.Event, key string) {
 	ev.V = chat.EventVersion
-	data, err := json.Marshal(ev)
+	data, err := chat.Marshal(ev)
 	if err != nil {
 		b.log.Error().Err(err).Msg("encode event")
 		return
@@ -115,7 +140,7 @@ func (b *Broker) FlushEvents(ctx context.Context) {
 // PublishStatus sends live, non-persisted progress on the conversation's
 // status subject (for typing indicators). Best effort.
 func (b *Broker) PublishStatus(conv string, v any) {
-	data, err := json.Marshal(v)
+	data, err := chat.Marshal(v)
 	if err != nil {
 		return
 	}

@@ -209,7 +209,7 @@ func TestSetupIsIdempotent(t *testing.T) {
 	}
 	b.PublishEvent(&chat.Event{Type: chat.EventAttempt, At: time.Now()}, "c1")
 	b.FlushEvents(ctx)
-	if res, err := b.Claim(ctx, "r1", 2, "w1", time.Hour); err != nil || res != broker.ClaimWon {
+	if _, res, err := b.Claim(ctx, "r1", 2, "w1", time.Hour); err != nil || res != broker.ClaimWon {
 		t.Fatalf("Claim = %v, %v; want ClaimWon", res, err)
 	}
 	if err := b.ShareBreaker(ctx, "p1", broker.BreakerState{State: "open", Worker: "w1", At: time.Now()}); err != nil {
@@ -230,7 +230,7 @@ func TestSetupIsIdempotent(t *testing.T) {
 		t.Errorf("setup of the test: requests %d (want 3), consumer pending %d (want 2)", before.msgs[chat.StreamRequests], before.pending)
 	}
 	// The claim survived: another message with the same id is still busy.
-	if res, err := b.Claim(ctx, "r1", 3, "w2", time.Hour); err != nil || res != broker.ClaimBusy {
+	if _, res, err := b.Claim(ctx, "r1", 3, "w2", time.Hour); err != nil || res != broker.ClaimBusy {
 		t.Errorf("Claim after a second Setup = %v, %v; want ClaimBusy", res, err)
 	}
 	// The consumer kept its position: the next deliveries are the two unacked.

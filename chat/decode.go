@@ -20,6 +20,9 @@ var ErrInvalid = errors.New("invalid request")
 type DecodeLimits struct {
 	// MaxBytes is the largest payload accepted; 0 means no limit.
 	MaxBytes int
+	// MaxMetadataBytes is the largest metadata accepted (it is echoed in
+	// the reply, which must fit in one NATS message); 0 means no limit.
+	MaxMetadataBytes int
 }
 
 // DecodeRequest parses and validates a request that arrived on a subject
@@ -46,6 +49,10 @@ func DecodeRequest(data []byte, subjectConv string, lim DecodeLimits) (Request, 
 	if err := checkID(req.ID); err != nil {
 		req.ID = ""
 		return req, err
+	}
+	if n := len(req.Metadata); lim.MaxMetadataBytes > 0 && n > lim.MaxMetadataBytes {
+		req.Metadata = nil // never echoed
+		return req, fmt.Errorf("%w: metadata of %d bytes is over the limit of %d (worker.max_metadata_bytes)", ErrInvalid, n, lim.MaxMetadataBytes)
 	}
 	if len(bytes.TrimSpace(data[dec.InputOffset():])) > 0 {
 		return req, fmt.Errorf("%w: trailing data after the JSON object", ErrInvalid)

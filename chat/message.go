@@ -1,6 +1,7 @@
 package chat
 
 import (
+	"bytes"
 	"encoding/json"
 	"time"
 )
@@ -47,6 +48,9 @@ const (
 	CodeInvalidRequest     = "invalid_request"
 	CodeDeadlineExceeded   = "deadline_exceeded"
 	CodeProvidersExhausted = "providers_exhausted"
+	// CodeReplyTooLarge: the answer (with what the reply echoes) cannot be
+	// stored as one NATS message; the provider is not asked again.
+	CodeReplyTooLarge = "reply_too_large"
 )
 
 // Outcome is how one provider attempt ended.
@@ -113,3 +117,16 @@ const (
 	// copy whole: its original size in bytes.
 	HeaderTruncated = "Understudy-Truncated"
 )
+
+// Marshal encodes a reply, an event or a status as the contract writes
+// them: JSON without HTML escaping, so an echoed '<' stays one byte and not
+// six ("\u003c").
+func Marshal(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
+}

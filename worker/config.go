@@ -26,6 +26,9 @@ type Config struct {
 	RequeueMax time.Duration `yaml:"requeue_max"`
 	// MaxRequestBytes rejects larger requests as invalid. Default 262144.
 	MaxRequestBytes int `yaml:"max_request_bytes"`
+	// MaxMetadataBytes rejects requests whose metadata (echoed in the
+	// reply) is larger, as invalid. Default 16384.
+	MaxMetadataBytes int `yaml:"max_metadata_bytes"`
 	// ShutdownGrace bounds how long SIGTERM waits for in-flight requests
 	// before putting them back. Default 30s.
 	ShutdownGrace time.Duration `yaml:"shutdown_grace"`
@@ -34,13 +37,14 @@ type Config struct {
 // DefaultConfig returns the defaults of every field.
 func DefaultConfig() Config {
 	return Config{
-		Concurrency:     64,
-		RequestTTL:      2 * time.Minute,
-		AckWait:         30 * time.Second,
-		RequeueMin:      time.Second,
-		RequeueMax:      time.Minute,
-		MaxRequestBytes: 262144,
-		ShutdownGrace:   30 * time.Second,
+		Concurrency:      64,
+		RequestTTL:       2 * time.Minute,
+		AckWait:          30 * time.Second,
+		RequeueMin:       time.Second,
+		RequeueMax:       time.Minute,
+		MaxRequestBytes:  262144,
+		MaxMetadataBytes: 16384,
+		ShutdownGrace:    30 * time.Second,
 	}
 }
 
@@ -61,6 +65,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("worker.requeue_max: must be at least requeue_min (%s), got %s", c.RequeueMin, c.RequeueMax)
 	case c.MaxRequestBytes < 256:
 		return fmt.Errorf("worker.max_request_bytes: must be at least 256, got %d", c.MaxRequestBytes)
+	case c.MaxMetadataBytes < 2 || c.MaxMetadataBytes > 262144:
+		return fmt.Errorf("worker.max_metadata_bytes: must be 2 to 262144, got %d", c.MaxMetadataBytes)
 	case c.ShutdownGrace < 0:
 		return fmt.Errorf("worker.shutdown_grace: must not be negative, got %s", c.ShutdownGrace)
 	}

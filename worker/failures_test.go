@@ -201,7 +201,7 @@ func TestEveryProviderRejectingFailsAtOnce(t *testing.T) {
 	}
 	r := startPool(t, b, f, defaultSetup())
 	publish(t, b, "c-1", request("refused"), "")
-	rep := waitReplies(t, b, 1)["refused"]
+	rep := replyTo(t, waitReplies(t, b, 1), "refused")
 	if rep.Status != chat.StatusFailed || rep.Error.Code != chat.CodeInvalidRequest || rep.Deliveries != 1 {
 		t.Fatalf("%+v, want failed invalid_request on the first delivery: no provider will take it", rep.Reply)
 	}
@@ -291,8 +291,9 @@ func TestOneReplyPerRequestID(t *testing.T) {
 	}
 }
 
-// dyingBroker publishes replies, then "dies": it blocks before the claim
-// is recorded and the delivery acked, like a worker killed at that instant.
+// dyingBroker stores replies, but their acknowledgement never comes back
+// (the worker's link died at that instant): the publish fails once its
+// budget runs out, before the claim is recorded and the delivery acked.
 type dyingBroker struct {
 	Broker
 	replied atomic.Int32
@@ -302,8 +303,12 @@ type dyingBroker struct {
 func (d *dyingBroker) PublishReply(ctx context.Context, conv, msgID string, r *chat.Reply) (bool, error) {
 	dup, err := d.Broker.PublishReply(ctx, conv, msgID, r)
 	d.replied.Add(1)
-	<-d.release
-	return dup, err
+	select {
+	case <-d.release:
+		return dup, err
+	case <-ctx.Done():
+		return false, ctx.Err()
+	}
 }
 
 func TestRedeliveryAfterReplyBeforeAckCallsNoProvider(t *testing.T) {
@@ -496,9 +501,9 @@ type flakyBroker struct {
 
 var errBlip = errors.New("simulated NATS blip")
 
-func (f *flakyBroker) Claim(ctx context.Context, id string, seq uint64, worker string, stale time.Duration) (broker.ClaimResult, error) {
+func (f *flakyBroker) Claim(ctx context.Context, id string, seq uint64, worker string, stale time.Duration) (*broker.Claim, broker.ClaimResult, error) {
 	if f.claimFailed.CompareAndSwap(false, true) {
-		return 0, errBlip
+		return nil, 0, errBlip
 	}
 	return f.Broker.Claim(ctx, id, seq, worker, stale)
 }
@@ -528,7 +533,7 @@ func TestPublishFailuresPutTheRequestBack(t *testing.T) {
 	if r := got["blip"]; r.Status != chat.StatusOK || r.Deliveries < 2 {
 		t.Errorf("blip: %s after %d deliveries; want ok after a put-back", r.Status, r.Deliveries)
 	}
-	if r := got["bad"]; r.Status != chat.StatusFailed || r.Error.Code != chat.CodeInvalidRequest {
+	if r := replyTo(t, got, "bad"); r.Status != chat.StatusFailed || r.Error.Code != chat.CodeInvalidRequest {
 		t.Errorf("bad: %+v", r.Reply)
 	}
 	if !flaky.claimFailed.Load() || !flaky.replyFailed.Load() || !flaky.deadFailed.Load() {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -87,6 +88,9 @@ type setup struct {
 	retry   RetryConfig
 	breaker breaker.Config
 	timeout map[string]time.Duration
+	// id names the pool (default: the test's name); two pools of one test
+	// need different ones.
+	id string
 }
 
 func defaultSetup() setup {
@@ -115,17 +119,13 @@ type running struct {
 }
 
 // startPool runs a pool over bk and the fleet's providers until the test
-// ends (or stop is called).
+// ends (or stop is called); breaker transitions are recorded by the pool.
 func startPool(t testing.TB, bk Broker, f *fleet, s setup) *running {
 	t.Helper()
-	var links []*Link
-	var pool *Pool
 	var mu sync.Mutex
+	var pool *Pool
+	var links []*Link
 	for _, b := range f.built {
-		timeout := b.Timeout
-		if d, ok := s.timeout[b.Name()]; ok {
-			timeout = d
-		}
 		br := breaker.New(b.Name(), s.breaker, func(tr breaker.Transition) {
 			mu.Lock()
 			p := pool
@@ -134,12 +134,42 @@ func startPool(t testing.TB, bk Broker, f *fleet, s setup) *running {
 				p.BreakerChanged(tr)
 			}
 		})
-		links = append(links, &Link{Provider: b, Timeout: timeout, Breaker: br})
+		links = append(links, &Link{Provider: b, Timeout: linkTimeout(b, s), Breaker: br})
 	}
-	chain := NewChain(links, s.retry)
 	mu.Lock()
-	pool = New(Options{Broker: bk, Chain: chain, Config: s.cfg, Log: zerolog.Nop(), ID: t.Name()})
-	mu.Unlock()
+	defer mu.Unlock()
+	r := runPool(t, bk, NewChain(links, s.retry), s)
+	pool = r.pool
+	return r
+}
+
+// testLinks is the fleet as a chain's links, with breakers of their own.
+func testLinks(f *fleet, s setup) []*Link {
+	var links []*Link
+	for _, b := range f.built {
+		links = append(links, &Link{Provider: b, Timeout: linkTimeout(b, s), Breaker: newTestBreaker(b.Name(), s)})
+	}
+	return links
+}
+
+func linkTimeout(b *providers.Built, s setup) time.Duration {
+	if d, ok := s.timeout[b.Name()]; ok {
+		return d
+	}
+	return b.Timeout
+}
+
+func newTestBreaker(name string, s setup) *breaker.Breaker { return breaker.New(name, s.breaker, nil) }
+
+// runPool runs a pool over bk and chain until the test ends (or stop is
+// called).
+func runPool(t testing.TB, bk Broker, chain *Chain, s setup) *running {
+	t.Helper()
+	id := s.id
+	if id == "" {
+		id = t.Name()
+	}
+	pool := New(Options{Broker: bk, Chain: chain, Config: s.cfg, Log: testLog(), ID: id})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = pool.Run(ctx) }()
@@ -249,4 +279,24 @@ func events(t *testing.T, b *broker.Broker, typ chat.EventType) []chat.Event {
 		out = append(out, ev)
 	}
 	return out
+}
+
+func testLog() zerolog.Logger {
+	if os.Getenv("UNDERSTUDY_TEST_LOG") != "" {
+		return zerolog.New(os.Stderr).Level(zerolog.DebugLevel).With().Timestamp().Logger()
+	}
+	return zerolog.Nop()
+}
+
+// replyTo is the reply to request id among replies keyed by message id (a
+// refused request's reply is stored under invalid-<seq>).
+func replyTo(t *testing.T, replies map[string]storedReply, id string) storedReply {
+	t.Helper()
+	for _, r := range replies {
+		if r.ID == id {
+			return r
+		}
+	}
+	t.Fatalf("no reply to %q among %d", id, len(replies))
+	return storedReply{}
 }

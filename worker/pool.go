@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -19,10 +20,9 @@ import (
 // Broker is what the pool needs of JetStream; *broker.Broker provides it.
 type Broker interface {
 	Fetch(max int, wait time.Duration) (<-chan *broker.Delivery, func() error, error)
-	Claim(ctx context.Context, id string, seq uint64, worker string, stale time.Duration) (broker.ClaimResult, error)
+	Claim(ctx context.Context, id string, seq uint64, worker string, stale time.Duration) (*broker.Claim, broker.ClaimResult, error)
 	Finish(ctx context.Context, id string, seq uint64, worker string) error
-	Requeue(ctx context.Context, id string, seq uint64, worker string) error
-	Answered(ctx context.Context, id string, seq uint64, stale time.Duration) (answered, held bool, err error)
+	Answered(ctx context.Context, id string, stale time.Duration) (answered, held bool, err error)
 	FindReply(ctx context.Context, conv, id string, since time.Time) (bool, error)
 	PublishReply(ctx context.Context, conv, msgID string, reply *chat.Reply) (duplicate bool, err error)
 	PublishDead(ctx context.Context, data []byte, d broker.DeadLetter) error
@@ -31,6 +31,7 @@ type Broker interface {
 	Request(ctx context.Context, seq uint64) (*broker.Stored, error)
 	OnMaxDeliveries(fn func(streamSeq, deliveries uint64)) (stop func(), err error)
 	Backlog(ctx context.Context) (pending uint64, ackPending int, err error)
+	AckWait(ctx context.Context) (time.Duration, error)
 	Subjects() chat.Subjects
 }
 
@@ -65,6 +66,9 @@ type Pool struct {
 	id      string
 	subj    chat.Subjects
 	release chan struct{}
+	// serverAckWait is the consumer's ack wait as the server has it
+	// (nanoseconds; 0 until read): keep-alives and write budgets follow it.
+	serverAckWait atomic.Int64
 }
 
 // New returns a pool. Wire the chain's breakers' transitions to
@@ -108,10 +112,20 @@ func (p *Pool) Run(ctx context.Context) error {
 	hard, abort := context.WithCancel(context.WithoutCancel(ctx))
 	defer abort()
 
-	stopAdv, err := p.b.OnMaxDeliveries(func(seq, deliveries uint64) { p.maxDeliveries(hard, seq, deliveries) })
+	p.readAckWait(ctx)
+	var advisories handlers
+	stopAdv, err := p.b.OnMaxDeliveries(func(seq, deliveries uint64) {
+		if advisories.enter() {
+			defer advisories.done()
+			p.maxDeliveries(hard, seq, deliveries)
+		}
+	})
 	if err != nil {
 		return err
 	}
+	// The connection may close once Run returns: a running advisory
+	// handler finishes its writes first.
+	defer advisories.closeAndWait()
 	defer stopAdv()
 	go p.watchBacklog(ctx)
 
@@ -194,11 +208,75 @@ func (p *Pool) graceTimer(ctx, hard context.Context, abort context.CancelFunc) {
 	}
 }
 
-// watchBacklog keeps the backlog gauges current.
+// handlers counts running handlers until closed; then none may start.
+type handlers struct {
+	mu     sync.Mutex
+	closed bool
+	wg     sync.WaitGroup
+}
+
+func (h *handlers) enter() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return false
+	}
+	h.wg.Add(1)
+	return true
+}
+
+func (h *handlers) done() { h.wg.Done() }
+
+func (h *handlers) closeAndWait() {
+	h.mu.Lock()
+	h.closed = true
+	h.mu.Unlock()
+	h.wg.Wait()
+}
+
+// ackWait is the consumer's ack wait: the server's value once read, this
+// process's configuration until then.
+func (p *Pool) ackWait() time.Duration {
+	if v := p.serverAckWait.Load(); v > 0 {
+		return time.Duration(v)
+	}
+	return p.cfg.AckWait
+}
+
+// readAckWait reads the consumer's ack wait back from the server.
+func (p *Pool) readAckWait(ctx context.Context) {
+	qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if d, err := p.b.AckWait(qctx); err == nil && d > 0 {
+		if old := time.Duration(p.serverAckWait.Swap(int64(d))); old != d && old != 0 {
+			p.log.Info().Dur("ack_wait", d).Dur("was", old).Msg("the consumer's ack_wait changed on the server; keep-alives follow it")
+		}
+	}
+}
+
+// writeBudget bounds each write on a delivery's way out (reply, dead
+// letter, claim), while the keep-alive holds the delivery and its claim: a
+// claim's staleness, past which the write would be racing a takeover.
+func (p *Pool) writeBudget() time.Duration { return p.claimStale() }
+
+// writeCtx is a write's context: it outlives the shutdown grace (a write
+// under way completes) but not the write budget.
+func (p *Pool) writeCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), p.writeBudget())
+}
+
+// claimStale is how long a claim may go without a refresh, by the server's
+// clock, before it is presumed abandoned: three ack waits, nine missed
+// refreshes. A worker cut off or stalled that long loses its requests to
+// the rest of the pool; one on a link slower than that would share them.
+func (p *Pool) claimStale() time.Duration { return 3 * p.ackWait() }
+
+// watchBacklog keeps the backlog gauges and the ack wait current.
 func (p *Pool) watchBacklog(ctx context.Context) {
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	for {
+		p.readAckWait(ctx)
 		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		pending, ack, err := p.b.Backlog(qctx)
 		cancel()

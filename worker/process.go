@@ -13,97 +13,110 @@ import (
 	"github.com/understudy-ai/understudy/providers"
 )
 
-// publishTimeout bounds each publish to JetStream on the way out.
-const publishTimeout = 10 * time.Second
-
 // handle applies SPEC §4 to one delivery. ctx ends only when the shutdown
 // grace is over.
-func (p *Pool) handle(ctx context.Context, d *broker.Delivery) {
-	start := time.Now()
-	token := p.subj.ConversationOf(d.Subject)
-	req, err := chat.DecodeRequest(d.Data, token, chat.DecodeLimits{MaxBytes: p.cfg.MaxRequestBytes})
+func (p *Pool) handle(ctx context.Context, m *broker.Delivery) {
+	d := p.pickUp(m)
+	defer d.stopKeepAlive()
+	d.work(ctx)
+}
+
+// work takes the delivery from decoding to settlement.
+func (d *delivery) work(ctx context.Context) {
+	p := d.p
+	req, err := chat.DecodeRequest(d.m.Data, d.token, p.decodeLimits())
+	d.req = req
 	if err != nil {
-		p.reject(ctx, d, &req, token, err)
+		d.reject(ctx, err)
 		return
 	}
-	log := p.log.With().Str("request_id", req.ID).Str("conversation_id", req.ConversationID).
-		Uint64("delivery", d.NumDelivered).Uint64("stream_seq", d.StreamSeq).Logger()
-	if d.NumDelivered == 1 {
-		p.m.queueWait.Observe(start.Sub(d.Published).Seconds())
+	d.log = p.log.With().Str("request_id", req.ID).Str("conversation_id", req.ConversationID).
+		Uint64("delivery", d.m.NumDelivered).Uint64("stream_seq", d.m.StreamSeq).Logger()
+	if d.m.NumDelivered == 1 {
+		p.m.queueWait.Observe(d.start.Sub(d.m.Published).Seconds())
 	}
+	d.deadline = req.EffectiveDeadline(d.m.Published, p.cfg.RequestTTL)
 
-	deadline := req.EffectiveDeadline(d.Published, p.cfg.RequestTTL)
-	switch res, err := p.b.Claim(ctx, req.ID, d.StreamSeq, p.id, p.staleClaim()); {
+	claim, res, err := p.b.Claim(ctx, req.ID, d.m.StreamSeq, p.id, p.claimStale())
+	switch {
 	case err != nil:
-		if !time.Now().Before(deadline) {
-			p.expired(ctx, d, &req, token, nil, start, &log)
+		if d.expired() {
+			d.giveUp(ctx, nil, chat.CodeDeadlineExceeded, deadlinePassed)
 			return
 		}
-		log.Warn().Err(err).Msg("cannot claim the request id; putting it back")
-		p.putBack(d, p.requeueDelay(d.NumDelivered), &log)
+		d.log.Warn().Err(err).Msg("cannot claim the request id; putting it back")
+		d.putBack(p.requeueDelay(d.m.NumDelivered))
 		return
 	case res == broker.ClaimDone:
-		p.duplicate(d, "request id already answered; acking without a provider call", &log)
+		d.duplicate("request id already answered; acking without a provider call")
 		return
 	case res == broker.ClaimBusy:
 		p.m.requests.WithLabelValues(resultBusy).Inc()
-		log.Info().Msg("same request id in flight elsewhere; looking again later")
-		p.putBack(d, p.requeueDelay(d.NumDelivered), &log)
+		d.log.Info().Msg("request id held by a live worker; looking again later")
+		d.putBack(p.requeueDelay(d.m.NumDelivered))
 		return
-	case res == broker.ClaimTakenOver:
-		// An earlier delivery was lost; it may have replied before dying.
-		// (Of this message, or of another with the same id published
-		// earlier: so the conversation's whole reply history is searched.
-		// Takeovers are rare, and a conversation's replies are few.)
+	}
+	d.claim.Store(claim)
+	if res == broker.ClaimTakenOver {
+		// An earlier holder was lost or let go after a write that may have
+		// landed. (Of this message, or of another with the same id: so the
+		// conversation's whole reply history is searched. Takeovers are
+		// rare, and a conversation's replies are few.)
 		found, err := p.b.FindReply(ctx, req.ConversationID, req.ID, time.Time{})
 		if err != nil {
-			log.Warn().Err(err).Msg("cannot look for an earlier reply; putting the request back")
-			p.putBack(d, p.requeueDelay(d.NumDelivered), &log)
+			d.log.Warn().Err(err).Msg("cannot look for an earlier reply; putting the request back")
+			d.release(ctx)
+			d.putBack(p.requeueDelay(d.m.NumDelivered))
 			return
 		}
 		if found {
-			p.finish(ctx, d.StreamSeq, req.ID, &log)
-			p.duplicate(d, "reply found from an earlier delivery; acking without a provider call", &log)
+			d.finish(ctx)
+			d.duplicate("reply found from an earlier delivery; acking without a provider call")
 			return
 		}
 	}
-
-	if !time.Now().Before(deadline) {
-		p.expired(ctx, d, &req, token, nil, start, &log)
+	if d.expired() {
+		d.giveUp(ctx, nil, chat.CodeDeadlineExceeded, deadlinePassed)
 		return
 	}
 
 	// Typing indicator: somebody is on it.
-	p.b.PublishStatus(req.ConversationID, status{ID: req.ID, State: "working", Deliveries: d.NumDelivered})
-	stop := p.keepAlive(d)
-	callCtx, cancel := context.WithDeadline(ctx, deadline)
+	p.b.PublishStatus(req.ConversationID, status{ID: req.ID, State: "working", Deliveries: d.m.NumDelivered})
+	callCtx, cancel := context.WithDeadline(ctx, d.deadline)
+	stopWatch := context.AfterFunc(d.lostCtx, cancel) // a lost claim ends the ladder
 	preq := &providers.Request{Messages: req.Messages, MaxTokens: req.MaxTokens, Temperature: req.Temperature}
-	res := p.chain.Run(callCtx, preq, p.observer(&req, d, &log))
+	res2 := p.chain.Run(callCtx, preq, p.observer(&req, d.m, &d.log))
+	stopWatch()
 	cancel()
-	stop()
 
 	switch {
-	case res.Response != nil:
-		p.answer(ctx, d, &req, &res, start, &log)
+	case d.lostCtx.Err() != nil:
+		// Presumed dead by the pool (a link slower than the claim's
+		// staleness): the new holder answers; this delivery is theirs now.
+		d.log.Warn().Msg("claim taken over by another delivery; leaving the request to it")
+	case res2.Response != nil:
+		d.answer(ctx, &res2)
 	case ctx.Err() != nil:
 		// Shutdown grace is over: let another worker have it now.
-		log.Info().Msg("shutting down mid-request; putting it back")
-		p.putBack(d, 0, &log)
-	case time.Until(deadline) < p.cfg.RequeueMin:
-		// Passed, or too close to wait for another ladder.
-		p.expired(ctx, d, &req, token, res.Attempts, start, &log)
-	case res.AllRejected():
+		d.log.Info().Msg("shutting down mid-request; putting it back")
+		d.requeueClaim(ctx)
+		d.putBack(0)
+	case res2.AllRejected():
 		// Every provider refused it (400/404/422): waiting will not help.
-		p.giveUp(ctx, d, &req, token, res.Attempts, chat.CodeInvalidRequest, "every provider called rejected the request (400/404/422)", start, &log)
-	case res.Calls > 0 && p.cfg.MaxDeliveries > 0 && d.NumDelivered >= uint64(p.cfg.MaxDeliveries):
+		d.giveUp(ctx, res2.Attempts, chat.CodeInvalidRequest, "every provider called rejected the request (400/404/422)")
+	case res2.Calls > 0 && p.cfg.MaxDeliveries > 0 && d.m.NumDelivered >= uint64(p.cfg.MaxDeliveries):
 		// A ladder that only skipped providers (all open or cooling down)
 		// does not end in providers_exhausted: it waits for one to return.
-		p.giveUp(ctx, d, &req, token, res.Attempts, chat.CodeProvidersExhausted,
-			fmt.Sprintf("every provider failed, on delivery %d (worker.max_deliveries %d)", d.NumDelivered, p.cfg.MaxDeliveries), start, &log)
+		d.giveUp(ctx, res2.Attempts, chat.CodeProvidersExhausted,
+			fmt.Sprintf("every provider failed, on delivery %d (worker.max_deliveries %d)", d.m.NumDelivered, p.cfg.MaxDeliveries))
+	case d.expired():
+		d.giveUp(ctx, res2.Attempts, chat.CodeDeadlineExceeded, deadlinePassed)
 	default:
-		p.requeue(ctx, d, &req, deadline, &log)
+		d.requeue(ctx)
 	}
 }
+
+const deadlinePassed = "deadline passed before a provider answered"
 
 // status is the live progress published on <prefix>.status.<conv> (not
 // stored): "working" when a worker picks a request up, "queued" when it is
@@ -115,22 +128,9 @@ type status struct {
 	Deliveries uint64 `json:"deliveries"`
 }
 
-// expired gives up on a request whose deadline has passed (or is too close
-// for another ladder).
-func (p *Pool) expired(ctx context.Context, d *broker.Delivery, req *chat.Request, token string, attempts []chat.Attempt, start time.Time, log *zerolog.Logger) {
-	p.giveUp(ctx, d, req, token, attempts, chat.CodeDeadlineExceeded, "deadline passed before a provider answered", start, log)
+func (p *Pool) decodeLimits() chat.DecodeLimits {
+	return chat.DecodeLimits{MaxBytes: p.cfg.MaxRequestBytes, MaxMetadataBytes: p.cfg.MaxMetadataBytes}
 }
-
-// duplicate acks a delivery whose request id has already been answered.
-func (p *Pool) duplicate(d *broker.Delivery, why string, log *zerolog.Logger) {
-	p.m.requests.WithLabelValues(resultDuplicate).Inc()
-	log.Info().Msg(why)
-	_ = d.Ack()
-}
-
-// staleClaim is how old another message's claim on a request id must be
-// before it is presumed abandoned.
-func (p *Pool) staleClaim() time.Duration { return 10 * p.cfg.AckWait }
 
 // observer records each attempt: metrics, event, log.
 func (p *Pool) observer(req *chat.Request, d *broker.Delivery, log *zerolog.Logger) AttemptObserver {
@@ -159,118 +159,106 @@ func called(a chat.Attempt) bool {
 	return a.Outcome != chat.OutcomeBreakerOpen && (a.Outcome != chat.OutcomeRateLimited || a.StatusCode != 0)
 }
 
-// keepAlive tells JetStream the delivery is still being worked on, every
-// third of AckWait, until the returned stop is called.
-func (p *Pool) keepAlive(d *broker.Delivery) (stop func()) {
-	done := make(chan struct{})
-	finished := make(chan struct{})
-	go func() {
-		defer close(finished)
-		t := time.NewTicker(p.cfg.AckWait / 3)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				_ = d.InProgress()
-			}
-		}
-	}()
-	return func() { close(done); <-finished }
-}
-
-// answer publishes the ok reply, records the id as answered and acks.
-func (p *Pool) answer(ctx context.Context, d *broker.Delivery, req *chat.Request, res *Result, start time.Time, log *zerolog.Logger) {
-	r := res.Response
+// answer publishes the ok reply, records the id as answered and acks. An
+// answer that cannot be stored ends the request (reply_too_large): asking
+// the provider again would only pay for the same answer again.
+func (d *delivery) answer(ctx context.Context, res *Result) {
+	p, r := d.p, res.Response
 	reply := &chat.Reply{
-		ID: req.ID, ConversationID: req.ConversationID, Status: chat.StatusOK,
+		ID: d.req.ID, ConversationID: d.req.ConversationID, Status: chat.StatusOK,
 		Content: r.Content, Provider: res.Provider, Model: r.Model, Degraded: res.Degraded(),
 		Attempts: res.Attempts, Usage: &chat.Usage{PromptTokens: r.Usage.PromptTokens, CompletionTokens: r.Usage.CompletionTokens},
-		Deliveries: d.NumDelivered, QueuedMS: queuedMS(d.Published, start), LatencyMS: time.Since(start).Milliseconds(), Metadata: req.Metadata,
+		Deliveries: d.m.NumDelivered, QueuedMS: queuedMS(d.m.Published, d.start), LatencyMS: time.Since(d.start).Milliseconds(), Metadata: d.req.Metadata,
 	}
-	if !p.reply(ctx, d, req.ConversationID, req.ID, reply, log) {
+	wctx, cancel := p.writeCtx(ctx)
+	dup, err := p.b.PublishReply(wctx, d.req.ConversationID, d.req.ID, reply)
+	cancel()
+	switch {
+	case errors.Is(err, broker.ErrUnstorable):
+		d.giveUp(ctx, res.Attempts, chat.CodeReplyTooLarge, fmt.Sprintf("the answer of %s cannot be stored: %v", res.Provider, err))
 		return
+	case err != nil:
+		// It may have landed: the next holder looks before calling anyone.
+		d.log.Warn().Err(err).Msg("cannot store the reply; putting the request back")
+		d.release(ctx)
+		d.putBack(p.cfg.RequeueMin)
+		return
+	case dup:
+		d.log.Info().Msg("a reply with this id was already stored; the server dropped this one")
 	}
-	p.finish(ctx, d.StreamSeq, req.ID, log)
-	_ = d.Ack()
+	d.finish(ctx)
+	d.ack()
 	p.m.requests.WithLabelValues(resultOK).Inc()
-	p.m.requestSeconds.Observe(time.Since(start).Seconds())
+	p.m.requestSeconds.Observe(time.Since(d.start).Seconds())
 	if reply.Degraded {
 		p.m.degraded.Inc()
 	}
-	log.Debug().Str("provider", res.Provider).Bool("degraded", reply.Degraded).Int64("latency_ms", reply.LatencyMS).Msg("replied")
+	d.log.Debug().Str("provider", res.Provider).Bool("degraded", reply.Degraded).Int64("latency_ms", reply.LatencyMS).Msg("replied")
 }
 
-// reply publishes a reply; false (and the request put back) when it could
-// not be stored.
-func (p *Pool) reply(ctx context.Context, d *broker.Delivery, conv, msgID string, reply *chat.Reply, log *zerolog.Logger) bool {
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishTimeout)
-	defer cancel()
-	dup, err := p.b.PublishReply(pctx, conv, msgID, reply)
-	if err != nil {
-		log.Warn().Err(err).Msg("cannot store the reply; putting the request back")
-		p.putBack(d, p.cfg.RequeueMin, log)
-		return false
-	}
-	if dup {
-		log.Info().Msg("a reply with this id was already stored; the server dropped this one")
-	}
-	return true
-}
-
-func (p *Pool) finish(ctx context.Context, seq uint64, id string, log *zerolog.Logger) {
-	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishTimeout)
-	defer cancel()
-	if err := p.b.Finish(fctx, id, seq, p.id); err != nil {
-		// The reply is stored; a redelivery finds it with FindReply.
-		log.Warn().Err(err).Msg("cannot record the request as answered")
-	}
-}
+// lastTryMin: a request whose deadline is nearer than a put-back's delay
+// comes back half-way to it for one more ladder, while at least this much
+// time is left; then at the deadline, to be answered deadline_exceeded.
+const lastTryMin = 100 * time.Millisecond
 
 // requeue puts a request whose whole chain failed back on the queue, with a
 // delay growing with its deliveries, no shorter than the time until a
-// provider is available again, and no longer than its deadline.
-func (p *Pool) requeue(ctx context.Context, d *broker.Delivery, req *chat.Request, deadline time.Time, log *zerolog.Logger) {
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishTimeout)
-	err := p.b.Requeue(rctx, req.ID, d.StreamSeq, p.id)
-	cancel()
-	if err != nil {
-		// The next delivery then looks for a reply first; nothing is lost.
-		log.Warn().Err(err).Msg("cannot record the request as requeued")
-	}
+// provider is available again, and never past its deadline.
+func (d *delivery) requeue(ctx context.Context) {
+	p := d.p
 	now := time.Now()
-	delay := p.requeueDelay(d.NumDelivered)
-	if at := p.chain.NextAvailable(now); at.Sub(now) > delay {
-		delay = at.Sub(now)
+	delay := p.requeueDelay(d.m.NumDelivered)
+	next := p.chain.NextAvailable(now)
+	delay = max(delay, next.Sub(now))
+	if left := d.deadline.Sub(now); delay >= left {
+		if half := left / 2; half >= lastTryMin && !next.After(now.Add(half)) {
+			delay = half // one more ladder before the deadline
+		} else {
+			delay = left // come back when the deadline passes, to answer it
+		}
 	}
-	if left := deadline.Sub(now); delay > left {
-		delay = left // come back when the deadline passes, to answer it
-	}
-	p.putBack(d, delay, log)
+	d.requeueClaim(ctx)
+	d.putBack(delay)
 	p.m.requests.WithLabelValues(resultRequeued).Inc()
-	p.b.PublishEvent(&chat.Event{Type: chat.EventRetry, At: now, Worker: p.id, RequestID: req.ID, ConversationID: req.ConversationID,
-		Delivery: d.NumDelivered, StreamSeq: d.StreamSeq, DelayMS: delay.Milliseconds()}, req.ConversationID)
-	p.b.PublishStatus(req.ConversationID, status{ID: req.ID, State: "queued", RetryInMS: delay.Milliseconds(), Deliveries: d.NumDelivered})
-	log.Info().Dur("delay", delay).Msg("every provider failed; request queued for a retry")
+	p.b.PublishEvent(&chat.Event{Type: chat.EventRetry, At: now, Worker: p.id, RequestID: d.req.ID, ConversationID: d.req.ConversationID,
+		Delivery: d.m.NumDelivered, StreamSeq: d.m.StreamSeq, DelayMS: delay.Milliseconds()}, d.req.ConversationID)
+	p.b.PublishStatus(d.req.ConversationID, status{ID: d.req.ID, State: "queued", RetryInMS: delay.Milliseconds(), Deliveries: d.m.NumDelivered})
+	d.log.Info().Dur("delay", delay).Msg("every provider failed; request queued for a retry")
 }
 
-func (p *Pool) putBack(d *broker.Delivery, delay time.Duration, log *zerolog.Logger) {
-	if err := d.NakWithDelay(delay); err != nil {
-		log.Warn().Err(err).Msg("cannot put the request back; it returns after ack_wait")
+// giveUp answers failed, dead-letters the request and stops its
+// redelivery; when a write fails it puts the request back instead.
+func (d *delivery) giveUp(ctx context.Context, attempts []chat.Attempt, code, reason string) {
+	// A refused request (invalid input, or every provider rejected it) is
+	// not recorded as answered: a corrected resend with its id is served.
+	refused := code == chat.CodeInvalidRequest
+	f := failure{code: code, reason: reason, attempts: attempts, start: d.start, markAnswered: !refused}
+	if err := d.p.deadLetter(ctx, fromDelivery(d.m), &d.req, d.token, f, &d.log); err != nil {
+		d.log.Warn().Err(err).Msg("cannot give up on the request yet; putting it back")
+		d.release(ctx)
+		d.putBack(d.p.cfg.RequeueMin)
+		return
 	}
+	if refused {
+		d.requeueClaim(ctx) // nothing stored under the id: free it
+	} else {
+		d.claim.Store(nil) // recorded as answered
+	}
+	d.term(code + ": " + reason)
 }
 
-// giveUp answers failed, dead-letters the request and stops its redelivery.
-func (p *Pool) giveUp(ctx context.Context, d *broker.Delivery, req *chat.Request, token string, attempts []chat.Attempt,
-	code, reason string, start time.Time, log *zerolog.Logger) {
-	p.deadLetter(ctx, fromDelivery(d), req, token, failure{code: code, reason: reason, attempts: attempts, start: start, markAnswered: true}, log)
+// reject gives up on a request that can never be served.
+func (d *delivery) reject(ctx context.Context, cause error) {
+	d.log = d.p.log.With().Str("request_id", d.req.ID).Uint64("stream_seq", d.m.StreamSeq).Logger()
+	if chat.ValidConversationID(d.token) {
+		d.log = d.log.With().Str("conversation_id", d.token).Logger()
+	}
+	d.giveUp(ctx, nil, chat.CodeInvalidRequest, cause.Error())
 }
 
 // message is a request being given up on: a delivery, or a stored request
-// whose deliveries ran out (d nil: nothing to terminate).
+// whose deliveries ran out.
 type message struct {
-	d               *broker.Delivery
 	data            []byte
 	subject         string
 	seq, deliveries uint64
@@ -278,7 +266,7 @@ type message struct {
 }
 
 func fromDelivery(d *broker.Delivery) message {
-	return message{d: d, data: d.Data, subject: d.Subject, seq: d.StreamSeq, deliveries: d.NumDelivered, published: d.Published}
+	return message{data: d.Data, subject: d.Subject, seq: d.StreamSeq, deliveries: d.NumDelivered, published: d.Published}
 }
 
 // failure is why a request is given up on.
@@ -287,37 +275,33 @@ type failure struct {
 	attempts     []chat.Attempt
 	start        time.Time // when this delivery's processing began
 	// markAnswered records the id as answered, so that later messages with
-	// it are acked at once. Not for bad input: an unreadable request must
-	// not block a valid one that reuses its id.
+	// it are acked at once. Not for bad input: a refused request must not
+	// keep a corrected one with the same id from being answered.
 	markAnswered bool
 }
 
 // deadLetter is the one way a request is given up on: dead letter first (so
 // it is never lost), then the failed reply when the conversation is valid,
-// then the id recorded as answered, then the event; a delivery is
-// terminated. When a publish fails the delivery is put back instead.
-func (p *Pool) deadLetter(ctx context.Context, m message, req *chat.Request, token string, f failure, log *zerolog.Logger) {
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishTimeout)
+// then the id recorded as answered, then the event. An error means a write
+// did not land; the caller keeps the request.
+func (p *Pool) deadLetter(ctx context.Context, m message, req *chat.Request, token string, f failure, log *zerolog.Logger) error {
+	wctx, cancel := p.writeCtx(ctx)
 	defer cancel()
-	putBack := func(what string, err error) {
-		log.Warn().Err(err).Msg("cannot store the " + what + "; putting the request back")
-		if m.d != nil {
-			p.putBack(m.d, p.cfg.RequeueMin, log)
-		}
-	}
 	validConv := chat.ValidConversationID(token)
 	deadConv := token
 	if !validConv {
 		deadConv = chat.InvalidToken
 	}
-	if err := p.b.PublishDead(pctx, m.data, broker.DeadLetter{Conv: deadConv, Code: f.code, Reason: f.reason, RequestID: req.ID,
+	if err := p.b.PublishDead(wctx, m.data, broker.DeadLetter{Conv: deadConv, Code: f.code, Reason: f.reason, RequestID: req.ID,
 		Deliveries: m.deliveries, StreamSeq: m.seq, Subject: m.subject}); err != nil {
-		putBack("dead letter", err)
-		return
+		return fmt.Errorf("store the dead letter: %w", err)
 	}
 	if validConv {
+		// A refused request's reply is stored under an id of its own, so
+		// that it does not take the request id's place in the replies
+		// stream's duplicate window: a corrected resend is answered.
 		msgID := req.ID
-		if msgID == "" {
+		if msgID == "" || !f.markAnswered {
 			msgID = fmt.Sprintf("invalid-%d", m.seq)
 		}
 		reply := &chat.Reply{ID: req.ID, ConversationID: token, Status: chat.StatusFailed, Attempts: f.attempts,
@@ -326,16 +310,21 @@ func (p *Pool) deadLetter(ctx context.Context, m message, req *chat.Request, tok
 		if reply.Attempts == nil {
 			reply.Attempts = []chat.Attempt{}
 		}
-		if _, err := p.b.PublishReply(pctx, token, msgID, reply); err != nil {
-			putBack("failed reply", err)
-			return
+		_, err := p.b.PublishReply(wctx, token, msgID, reply)
+		if errors.Is(err, broker.ErrUnstorable) {
+			// Even failed, it echoes too much: a bare reply; the dead
+			// letter keeps the whole request.
+			reply.Metadata, reply.Attempts = nil, []chat.Attempt{}
+			_, err = p.b.PublishReply(wctx, token, msgID, reply)
+		}
+		if err != nil && !errors.Is(err, broker.ErrUnstorable) {
+			return fmt.Errorf("store the failed reply: %w", err)
+		} else if err != nil {
+			log.Error().Err(err).Msg("no failed reply can be stored; the dead letter holds the request")
 		}
 	}
 	if f.markAnswered && req.ID != "" {
 		p.finish(ctx, m.seq, req.ID, log)
-	}
-	if m.d != nil {
-		_ = m.d.Term(f.code + ": " + f.reason)
 	}
 	result := resultFailed
 	if f.code == chat.CodeInvalidRequest {
@@ -346,48 +335,62 @@ func (p *Pool) deadLetter(ctx context.Context, m message, req *chat.Request, tok
 	p.b.PublishEvent(&chat.Event{Type: chat.EventDead, At: time.Now(), Worker: p.id, RequestID: req.ID, ConversationID: token,
 		Delivery: m.deliveries, StreamSeq: m.seq, Code: f.code, Reason: f.reason}, deadConv)
 	log.Warn().Str("code", f.code).Str("reason", f.reason).Msg("request given up on: failed reply and dead letter")
+	return nil
 }
 
-// reject gives up on a request that can never be served.
-func (p *Pool) reject(ctx context.Context, d *broker.Delivery, req *chat.Request, token string, cause error) {
-	log := p.log.With().Str("request_id", req.ID).Uint64("stream_seq", d.StreamSeq).Logger()
-	if chat.ValidConversationID(token) {
-		log = log.With().Str("conversation_id", token).Logger()
+// finish records request id as answered, for a message whose claim this
+// process does not hold (the claim's own Finish does the same).
+func (p *Pool) finish(ctx context.Context, seq uint64, id string, log *zerolog.Logger) {
+	wctx, cancel := p.writeCtx(ctx)
+	defer cancel()
+	if err := p.b.Finish(wctx, id, seq, p.id); err != nil {
+		// The reply is stored; a redelivery finds it with FindReply.
+		log.Warn().Err(err).Msg("cannot record the request as answered")
 	}
-	p.deadLetter(ctx, fromDelivery(d), req, token, failure{code: chat.CodeInvalidRequest, reason: cause.Error(), start: time.Now()}, &log)
 }
 
 // maxDeliveries gives up on a request whose deliveries ran out without a
-// worker getting to answer it (each delivery's worker died or stalled).
+// worker getting to answer it (each delivery's worker died or stalled). Any
+// error while deciding leaves the request as it is: logged, and decided by
+// the next advisory or left to replay; never a failed reply for a request
+// that may have been answered.
 func (p *Pool) maxDeliveries(ctx context.Context, seq, deliveries uint64) {
 	log := p.log.With().Uint64("stream_seq", seq).Logger()
-	rctx, cancel := context.WithTimeout(ctx, publishTimeout)
+	rctx, cancel := p.writeCtx(ctx)
 	defer cancel()
 	m, err := p.b.Request(rctx, seq)
 	if err != nil {
-		log.Warn().Err(err).Msg("request whose deliveries ran out cannot be read")
+		log.Warn().Err(err).Msg("request whose deliveries ran out cannot be read; leaving it as it is")
 		return
 	}
 	token := p.subj.ConversationOf(m.Subject)
-	req, err := chat.DecodeRequest(m.Data, token, chat.DecodeLimits{MaxBytes: p.cfg.MaxRequestBytes})
+	req, err := chat.DecodeRequest(m.Data, token, p.decodeLimits())
 	if err != nil {
 		return // invalid requests are terminated on their first delivery
 	}
 	log = log.With().Str("request_id", req.ID).Str("conversation_id", token).Logger()
-	answered, held, err := p.b.Answered(rctx, req.ID, seq, p.staleClaim())
+	answered, held, err := p.b.Answered(rctx, req.ID, p.claimStale())
 	if err != nil {
-		log.Warn().Err(err).Msg("cannot read the claim of a request whose deliveries ran out")
+		log.Warn().Err(err).Msg("cannot read the claim of a request whose deliveries ran out; leaving it as it is")
 		return
 	}
 	if answered || held {
-		return // answered, or another message with this id is being answered
+		return // answered, or a live worker is answering it
 	}
-	if found, err := p.b.FindReply(rctx, token, req.ID, m.Time); err == nil && found {
+	found, err := p.b.FindReply(rctx, token, req.ID, m.Time)
+	if err != nil {
+		log.Warn().Err(err).Msg("cannot look for the reply of a request whose deliveries ran out; leaving it as it is")
+		return
+	}
+	if found {
 		p.finish(ctx, seq, req.ID, &log)
 		return
 	}
-	p.deadLetter(ctx, message{data: m.Data, subject: m.Subject, seq: seq, deliveries: deliveries, published: m.Time}, &req, token,
+	err = p.deadLetter(ctx, message{data: m.Data, subject: m.Subject, seq: seq, deliveries: deliveries, published: m.Time}, &req, token,
 		failure{code: chat.CodeProvidersExhausted, reason: fmt.Sprintf("deliveries ran out (%d) without an answer", deliveries), start: time.Now(), markAnswered: true}, &log)
+	if err != nil {
+		log.Warn().Err(err).Msg("cannot give up on a request whose deliveries ran out; leaving it as it is")
+	}
 }
 
 func queuedMS(published, start time.Time) int64 {

@@ -1,0 +1,141 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/understudy-ai/understudy/broker"
+	"github.com/understudy-ai/understudy/chat"
+)
+
+// delivery is one delivery of a request being worked on, from pick-up to
+// settlement (ack, nak or term). It owns the keep-alive — InProgress to the
+// server and a refresh of the request id's claim, every third of the
+// server's ack wait, from pick-up until settled, writes on the way out
+// included — and the claim itself.
+type delivery struct {
+	p        *Pool
+	m        *broker.Delivery
+	token    string
+	req      chat.Request
+	log      zerolog.Logger
+	start    time.Time
+	deadline time.Time
+
+	// claim is held from winning it until it is finished, requeued or
+	// released; nil otherwise (the keep-alive refreshes it while set).
+	claim atomic.Pointer[broker.Claim]
+	// lostCtx ends when another delivery took the claim over.
+	lostCtx context.Context
+	lose    context.CancelFunc
+
+	stopKeepAlive func()
+}
+
+func (p *Pool) pickUp(m *broker.Delivery) *delivery {
+	d := &delivery{p: p, m: m, token: p.subj.ConversationOf(m.Subject), log: p.log, start: time.Now()}
+	d.lostCtx, d.lose = context.WithCancel(context.Background())
+	d.stopKeepAlive = d.keepAlive()
+	return d
+}
+
+// keepAlive runs until the returned stop is called, after settlement.
+func (d *delivery) keepAlive() (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTimer(d.p.ackWait() / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			_ = d.m.InProgress()
+			if c := d.claim.Load(); c != nil {
+				wctx, wcancel := context.WithTimeout(ctx, d.p.writeBudget())
+				err := c.Refresh(wctx)
+				wcancel()
+				switch {
+				case errors.Is(err, broker.ErrClaimLost):
+					d.claim.CompareAndSwap(c, nil)
+					d.lose()
+				case err != nil && ctx.Err() == nil:
+					d.log.Debug().Err(err).Msg("cannot refresh the claim")
+				}
+			}
+			t.Reset(d.p.ackWait() / 3)
+		}
+	}()
+	return sync.OnceFunc(func() {
+		cancel()
+		<-finished
+		d.lose()
+	})
+}
+
+func (d *delivery) expired() bool { return !time.Now().Before(d.deadline) }
+
+// duplicate acks a delivery whose request id has already been answered.
+func (d *delivery) duplicate(why string) {
+	d.p.m.requests.WithLabelValues(resultDuplicate).Inc()
+	d.log.Info().Msg(why)
+	d.ack()
+}
+
+func (d *delivery) ack() { _ = d.m.Ack() }
+
+func (d *delivery) term(reason string) { _ = d.m.Term(reason) }
+
+func (d *delivery) putBack(delay time.Duration) {
+	if err := d.m.NakWithDelay(delay); err != nil {
+		d.log.Warn().Err(err).Msg("cannot put the request back; it returns after ack_wait")
+	}
+}
+
+// finish records the id as answered and lets go of the claim.
+func (d *delivery) finish(ctx context.Context) {
+	c := d.claim.Swap(nil)
+	if c == nil {
+		d.p.finish(ctx, d.m.StreamSeq, d.req.ID, &d.log)
+		return
+	}
+	wctx, cancel := d.p.writeCtx(ctx)
+	defer cancel()
+	if err := c.Finish(wctx); err != nil {
+		// The reply is stored; a redelivery finds it with FindReply.
+		d.log.Warn().Err(err).Msg("cannot record the request as answered")
+	}
+}
+
+// requeueClaim lets go of the claim having published nothing: the next
+// delivery takes it at once, without a look for a reply.
+func (d *delivery) requeueClaim(ctx context.Context) {
+	d.letGo(ctx, (*broker.Claim).Requeue)
+}
+
+// release lets go of the claim after a write that may have landed: the
+// next delivery takes it at once and looks for a reply first.
+func (d *delivery) release(ctx context.Context) {
+	d.letGo(ctx, (*broker.Claim).Release)
+}
+
+func (d *delivery) letGo(ctx context.Context, how func(*broker.Claim, context.Context) error) {
+	c := d.claim.Swap(nil)
+	if c == nil {
+		return
+	}
+	wctx, cancel := d.p.writeCtx(ctx)
+	defer cancel()
+	if err := how(c, wctx); err != nil {
+		// The claim goes stale by itself; the next delivery waits for that.
+		d.log.Warn().Err(err).Msg("cannot let go of the claim")
+	}
+}
