@@ -151,29 +151,11 @@ func (c *Chain) Run(ctx context.Context, req *providers.Request, observe Attempt
 		if a.Outcome == chat.OutcomeRejected {
 			res.Rejected++
 		}
-		switch {
-		case err == nil:
-			done(breaker.Success)
-		case ctx.Err() != nil:
-			// A shutdown or the request's own deadline ended the call:
-			// that says nothing about the provider.
-			done(breaker.Ignore)
-		case a.Outcome == chat.OutcomeRateLimited:
-			var perr *providers.Error
-			if errors.As(err, &perr) {
-				l.coolUntil.Store(time.Now().Add(perr.RetryAfter).UnixNano())
-			}
-			done(breaker.Ignore)
-		case a.Outcome == chat.OutcomeTimeout && a.StatusCode == 0 && !judged:
-			// Our own timer cut a tiny budget short (a request near its
-			// deadline): too little time to blame the provider. (A 408 or
-			// 504 the provider sent counts.)
-			done(breaker.Ignore)
-		case providers.CountsAsFailure(a.Outcome):
-			done(breaker.Failure)
-		default:
-			done(breaker.Ignore)
+		var perr *providers.Error
+		if a.Outcome == chat.OutcomeRateLimited && errors.As(err, &perr) {
+			l.coolUntil.Store(time.Now().Add(perr.RetryAfter).UnixNano())
 		}
+		done(verdict(a, err, judged, ctx.Err() != nil))
 		c.record(&res, observe, a, err)
 		if err == nil {
 			res.Response, res.Index, res.Provider = resp, i, name
@@ -181,6 +163,30 @@ func (c *Chain) Run(ctx context.Context, req *providers.Request, observe Attempt
 		}
 	}
 	return res
+}
+
+// verdict is the one place where an attempt's meaning for its provider's
+// breaker is decided:
+//   - an answer is a success;
+//   - a call ended by a shutdown or the request's own deadline (cancelled)
+//     says nothing about the provider;
+//   - a timeout of our own timer within a budget too small to judge by
+//     (!judged: a request near its deadline) says too little; a 408 or 504
+//     the provider sent counts;
+//   - errors and timeouts are failures (providers.CountsAsFailure);
+//   - rate limits and rejections say nothing about health.
+func verdict(a chat.Attempt, err error, judged, cancelled bool) breaker.Verdict {
+	switch {
+	case err == nil:
+		return breaker.Success
+	case cancelled:
+		return breaker.Ignore
+	case a.Outcome == chat.OutcomeTimeout && a.StatusCode == 0 && !judged:
+		return breaker.Ignore
+	case providers.CountsAsFailure(a.Outcome):
+		return breaker.Failure
+	}
+	return breaker.Ignore
 }
 
 func (c *Chain) record(res *Result, observe AttemptObserver, a chat.Attempt, err error) {
