@@ -78,6 +78,9 @@ func Start(ctx context.Context, cfg config.Config, name string, log zerolog.Logg
 	s.Registry = prometheus.NewRegistry()
 	s.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := worker.NewMetrics(s.Registry)
+	for _, l := range links {
+		metrics.SampleBreaker(l.Breaker) // before the transition forwarder starts
+	}
 	if cfg.Metrics.Listen != "" {
 		if err := s.serveHTTP(cfg.Metrics.Listen); err != nil {
 			return s, err
