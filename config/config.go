@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"reflect"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -104,9 +105,11 @@ func Load(path string) (Config, error) {
 // Parse reads a configuration document over the defaults and validates it.
 func Parse(data []byte) (Config, error) {
 	c := Default()
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+	var doc yaml.Node
+	if err := yaml.NewDecoder(bytes.NewReader(data)).Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
+		return Config{}, err
+	}
+	if err := decode(&doc, reflect.ValueOf(&c).Elem(), ""); err != nil {
 		return Config{}, err
 	}
 	for i := range c.Providers {

@@ -300,7 +300,7 @@ func TestParseInvalid(t *testing.T) {
 		{"unknown provider key", "providers:\n  - {name: s, kind: sim, api_key: secret}", []string{"api_key"}},
 		{"unknown sim key", "providers:\n  - {name: s, kind: sim, sim: {failure: 1}}", []string{"failure"}},
 		{"wrong type", "worker: {concurrency: many}", []string{"many"}},
-		{"not a mapping", "- a\n- b\n", []string{"config.Config"}},
+		{"not a mapping", "- a\n- b\n", []string{"expected a mapping", "list"}},
 		{"nats.creds pointing at a missing file", "nats: {creds: " + missing + "}", []string{"nats.creds", "missing.creds"}},
 		{"nats.tls.ca missing file", "nats: {tls: {ca: " + missing + "}}", []string{"nats.tls.ca"}},
 		{"nats.tls.cert without key", "nats: {tls: {cert: " + certFile + "}}", []string{"nats.tls.cert", "nats.tls.key"}},
