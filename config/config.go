@@ -62,12 +62,13 @@ type LogConfig struct {
 func Default() Config {
 	c := Config{
 		Subjects: SubjectsConfig{Prefix: "chat"},
-		Streams:  broker.StreamsConfig{Replicas: 1, RequestsMaxAge: 7 * 24 * time.Hour},
-		Worker:   worker.DefaultConfig(),
-		Retry:    worker.DefaultRetryConfig(),
-		Breaker:  breaker.Config{ConsecutiveFailures: 5, OpenFor: 5 * time.Minute},
-		Metrics:  MetricsConfig{Listen: "127.0.0.1:9090"},
-		Log:      LogConfig{Level: "info"},
+		Streams: broker.StreamsConfig{Replicas: 1, RequestsMaxAge: 7 * 24 * time.Hour,
+			RepliesDedupWindow: broker.DefaultRepliesDedupWindow, ClaimsTTL: broker.DefaultClaimsTTL},
+		Worker:  worker.DefaultConfig(),
+		Retry:   worker.DefaultRetryConfig(),
+		Breaker: breaker.Config{ConsecutiveFailures: 5, OpenFor: 5 * time.Minute},
+		Metrics: MetricsConfig{Listen: "127.0.0.1:9090"},
+		Log:     LogConfig{Level: "info"},
 		Providers: []providers.Config{
 			{Name: "deepseek", Kind: providers.KindOpenAI, BaseURL: "https://api.deepseek.com/v1", Model: "deepseek-chat",
 				APIKeyEnv: "DEEPSEEK_API_KEY", Timeout: 30 * time.Second},
@@ -137,6 +138,16 @@ func (c Config) Validate() error {
 	}
 	if c.Worker.RequestTTL > c.Streams.RequestsMaxAge {
 		return fmt.Errorf("worker.request_ttl: %s outlives streams.requests_max_age %s", c.Worker.RequestTTL, c.Streams.RequestsMaxAge)
+	}
+	// A request is in flight until its deadline: both retentions must
+	// outlive the default one (README, "Sizing the server").
+	if c.Streams.RepliesDedupWindow < c.Worker.RequestTTL {
+		return fmt.Errorf("streams.replies_dedup_window: %s is shorter than worker.request_ttl %s: a reply published twice within a request's deadline could be stored twice",
+			c.Streams.RepliesDedupWindow, c.Worker.RequestTTL)
+	}
+	if c.Streams.ClaimsTTL < c.Worker.RequestTTL {
+		return fmt.Errorf("streams.claims_ttl: %s is shorter than worker.request_ttl %s: a resend before the deadline could be answered twice",
+			c.Streams.ClaimsTTL, c.Worker.RequestTTL)
 	}
 	if err := c.Retry.Validate(); err != nil {
 		return err

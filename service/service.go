@@ -130,7 +130,8 @@ func Start(ctx context.Context, cfg config.Config, name string, log zerolog.Logg
 // may start before its NATS cluster) until ctx ends.
 func (s *Service) setup(ctx context.Context) error {
 	topo := broker.Topology{Subjects: s.cfg.SubjectScheme(), Replicas: s.cfg.Streams.Replicas,
-		RequestsMaxAge: s.cfg.Streams.RequestsMaxAge, AckWait: s.cfg.Worker.AckWait, MaxDeliveries: s.cfg.Worker.MaxDeliveries}
+		RequestsMaxAge: s.cfg.Streams.RequestsMaxAge, AckWait: s.cfg.Worker.AckWait, MaxDeliveries: s.cfg.Worker.MaxDeliveries,
+		RepliesDedupWindow: s.cfg.Streams.RepliesDedupWindow, ClaimsTTL: s.cfg.Streams.ClaimsTTL}
 	for {
 		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err := s.Broker.Setup(sctx, topo)
