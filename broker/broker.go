@@ -30,6 +30,7 @@ type Broker struct {
 	breakers jetstream.KeyValue
 
 	connected atomic.Bool
+	connErr   atomic.Pointer[string] // why the last connection attempt failed
 	closing   atomic.Bool
 	clock     Clock // nil: time.Now
 }
@@ -57,11 +58,22 @@ func Connect(ctx context.Context, cfg Config, name string, log zerolog.Logger) (
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			b.connected.Store(true)
+			b.connErr.Store(nil)
 			log.Info().Str("server", nc.ConnectedUrlRedacted()).Msg("reconnected to NATS")
 		}),
 		nats.ConnectHandler(func(nc *nats.Conn) {
 			b.connected.Store(true)
+			b.connErr.Store(nil)
 			log.Info().Str("server", nc.ConnectedUrlRedacted()).Msg("connected to NATS")
+		}),
+		// Every failed attempt, the first connection's included: a refusal
+		// (TLS, authorization) is retried forever like an outage, so say
+		// why, once per reason, and let WaitConnected say it too.
+		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
+			reason := err.Error()
+			if prev := b.connErr.Swap(&reason); (prev == nil || *prev != reason) && !b.closing.Load() {
+				log.Warn().Err(err).Msg("cannot connect to NATS; retrying")
+			}
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 			ev := log.Warn().Err(err)
@@ -83,6 +95,9 @@ func Connect(ctx context.Context, cfg Config, name string, log zerolog.Logger) (
 		url = srv.ClientURL()
 		log.Info().Str("store_dir", cfg.StoreDir).Str("url", url).Msg("started embedded NATS JetStream server")
 	} else {
+		if err := checkFiles(cfg); err != nil {
+			return nil, err
+		}
 		if cfg.Creds != "" {
 			opts = append(opts, nats.UserCredentials(cfg.Creds))
 		}
@@ -228,6 +243,9 @@ func (b *Broker) WaitConnected(ctx context.Context) error {
 	for !b.nc.IsConnected() {
 		select {
 		case <-ctx.Done():
+			if reason := b.connErr.Load(); reason != nil {
+				return fmt.Errorf("cannot reach NATS at %s: %w (last attempt: %s)", redact(b.nc.Opts.Servers[0]), ctx.Err(), *reason)
+			}
 			return fmt.Errorf("cannot reach NATS at %s: %w", redact(b.nc.Opts.Servers[0]), ctx.Err())
 		case <-time.After(20 * time.Millisecond):
 		}

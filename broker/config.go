@@ -76,6 +76,12 @@ type Topology struct {
 	Replicas int `yaml:"replicas"`
 	// RequestsMaxAge is how long requests are kept for replay. Default 168h.
 	RequestsMaxAge time.Duration `yaml:"requests_max_age"`
+	// RepliesDedupWindow is how long CHAT_REPLIES remembers a reply's id to
+	// drop a second publish of it. Default 1h.
+	RepliesDedupWindow time.Duration
+	// ClaimsTTL is how long a request id's claim is kept after its last
+	// write. Default 24h.
+	ClaimsTTL time.Duration
 	// AckWait of the workers consumer. Default 30s.
 	AckWait time.Duration
 	// MaxDeliveries of the workers consumer; 0 means unlimited.
@@ -88,6 +94,24 @@ type StreamsConfig struct {
 	Replicas int `yaml:"replicas"`
 	// RequestsMaxAge bounds how long requests are kept. Default 168h.
 	RequestsMaxAge time.Duration `yaml:"requests_max_age"`
+	// RepliesDedupWindow is how long CHAT_REPLIES remembers each reply's id
+	// (in memory, on every replica) to drop a second publish of it: the
+	// races the claims cannot settle, a publish retried after a lost ack and
+	// a stalled holder publishing after a takeover, all end with the
+	// request's deadline. Beyond it the claims hold exactly-once: an
+	// answered id's claim says "done". At least worker.request_ttl, at most
+	// 24h (the replies' life). Default 1h.
+	RepliesDedupWindow time.Duration `yaml:"replies_dedup_window"`
+	// ClaimsTTL is how long a request id's claim lives after its last write
+	// (one subject per id, in memory, on every replica). A delivery of a
+	// message carrying an answered id finds "done" and is acked without a
+	// provider call or a reply as long as the claim lives. At least
+	// worker.request_ttl (a resend before the deadline never calls a
+	// provider twice); longer covers resends delivered late (a backlog, a
+	// pool down). Past requests_max_age plus the longest deadline it
+	// protects nothing: every message that can carry the id is gone.
+	// Default 24h.
+	ClaimsTTL time.Duration `yaml:"claims_ttl"`
 }
 
 // SetDefaults fills the zero fields with their defaults.
@@ -98,6 +122,12 @@ func (c *StreamsConfig) SetDefaults() {
 	if c.RequestsMaxAge == 0 {
 		c.RequestsMaxAge = 7 * 24 * time.Hour
 	}
+	if c.RepliesDedupWindow == 0 {
+		c.RepliesDedupWindow = DefaultRepliesDedupWindow
+	}
+	if c.ClaimsTTL == 0 {
+		c.ClaimsTTL = DefaultClaimsTTL
+	}
 }
 
 // Validate reports the first invalid field by its YAML key.
@@ -107,6 +137,12 @@ func (c StreamsConfig) Validate() error {
 	}
 	if c.RequestsMaxAge < 2*time.Minute {
 		return fmt.Errorf("streams.requests_max_age: must be at least 2m (the duplicate window), got %s", c.RequestsMaxAge)
+	}
+	if c.RepliesDedupWindow < time.Minute || c.RepliesDedupWindow > repliesMaxAge {
+		return fmt.Errorf("streams.replies_dedup_window: must be 1m to %s (the replies' life), got %s", repliesMaxAge, c.RepliesDedupWindow)
+	}
+	if c.ClaimsTTL < time.Minute {
+		return fmt.Errorf("streams.claims_ttl: must be at least 1m, got %s", c.ClaimsTTL)
 	}
 	return nil
 }

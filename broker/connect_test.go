@@ -340,7 +340,7 @@ func TestConfigDefaults(t *testing.T) {
 
 	var s broker.StreamsConfig
 	s.SetDefaults()
-	if s.Replicas != 1 || s.RequestsMaxAge != 168*time.Hour {
+	if s.Replicas != 1 || s.RequestsMaxAge != 168*time.Hour || s.RepliesDedupWindow != time.Hour || s.ClaimsTTL != 24*time.Hour {
 		t.Errorf("streams defaults = %+v", s)
 	}
 	if err := s.Validate(); err != nil {
@@ -354,7 +354,17 @@ func TestConfigDefaults(t *testing.T) {
 		{broker.StreamsConfig{Replicas: 6, RequestsMaxAge: time.Hour}, "streams.replicas"},
 		{broker.StreamsConfig{Replicas: 3, RequestsMaxAge: time.Minute}, "streams.requests_max_age"},
 		{broker.StreamsConfig{Replicas: 3, RequestsMaxAge: 2 * time.Minute}, ""},
+		{broker.StreamsConfig{Replicas: 1, RequestsMaxAge: time.Hour, RepliesDedupWindow: 59 * time.Second}, "streams.replies_dedup_window"},
+		{broker.StreamsConfig{Replicas: 1, RequestsMaxAge: time.Hour, RepliesDedupWindow: 25 * time.Hour}, "streams.replies_dedup_window"},
+		{broker.StreamsConfig{Replicas: 1, RequestsMaxAge: time.Hour, ClaimsTTL: 59 * time.Second}, "streams.claims_ttl"},
+		{broker.StreamsConfig{Replicas: 1, RequestsMaxAge: time.Hour, RepliesDedupWindow: time.Minute, ClaimsTTL: time.Minute}, ""},
 	} {
+		if c.cfg.RepliesDedupWindow == 0 && c.key != "streams.replies_dedup_window" {
+			c.cfg.RepliesDedupWindow = time.Hour
+		}
+		if c.cfg.ClaimsTTL == 0 && c.key != "streams.claims_ttl" {
+			c.cfg.ClaimsTTL = time.Hour
+		}
 		err := c.cfg.Validate()
 		if (c.key == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), c.key)) {
 			t.Errorf("Validate(%+v) = %v, want %q", c.cfg, err, c.key)

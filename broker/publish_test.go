@@ -48,9 +48,9 @@ func TestPublishReply(t *testing.T) {
 	if info.State.Msgs != 2 {
 		t.Errorf("replies stored = %d, want 2", info.State.Msgs)
 	}
-	// Duplicates are dropped for the replies' whole life, not 2 minutes.
-	if info.Config.Duplicates != 24*time.Hour {
-		t.Errorf("replies duplicate window = %s, want 24h", info.Config.Duplicates)
+	// Duplicates are dropped while a request can be in flight, not 2 minutes.
+	if info.Config.Duplicates != broker.DefaultRepliesDedupWindow {
+		t.Errorf("replies duplicate window = %s, want %s", info.Config.Duplicates, broker.DefaultRepliesDedupWindow)
 	}
 	m := lastMsg(t, b, chat.StreamReplies, "chat.replies.c-42")
 	if m.Header.Get(chat.HeaderMsgID) != "req-01" {

@@ -33,7 +33,7 @@ func wantStreams(prefix string, requestsMaxAge time.Duration) []wantStream {
 	up := map[string]string{"chat": "CHAT", "shadow": "SHADOW"}[prefix]
 	return []wantStream{
 		{up + "_REQUESTS", []string{prefix + ".requests.*"}, requestsMaxAge, 2 * time.Minute},
-		{up + "_REPLIES", []string{prefix + ".replies.*"}, 24 * time.Hour, 24 * time.Hour},
+		{up + "_REPLIES", []string{prefix + ".replies.*"}, 24 * time.Hour, broker.DefaultRepliesDedupWindow},
 		{up + "_EVENTS", []string{prefix + ".events.>"}, week, 0},
 		{up + "_DEAD", []string{prefix + ".dead.*"}, 30 * day, 0},
 	}
@@ -133,7 +133,7 @@ func TestSetupCreatesTopology(t *testing.T) {
 	t.Run("consumer", func(t *testing.T) {
 		checkConsumer(t, b, chat.StreamRequests, "chat.requests.*", 30*time.Second, -1)
 	})
-	t.Run("buckets", func(t *testing.T) { checkBuckets(t, b, "CHAT", week) })
+	t.Run("buckets", func(t *testing.T) { checkBuckets(t, b, "CHAT", broker.DefaultClaimsTTL) })
 	t.Run("subjects", func(t *testing.T) {
 		if got := b.Subjects().Prefix(); got != "chat" {
 			t.Errorf("Subjects().Prefix() = %q, want chat", got)
@@ -261,7 +261,8 @@ func TestSetupUpdatesChangedTopology(t *testing.T) {
 	publish(t, b, subj.Request("c1"), []byte(`{"id":"a"}`), nil)
 	publish(t, b, subj.Request("c2"), []byte(`{"id":"b"}`), nil)
 
-	if err := b.Setup(ctx, broker.Topology{Subjects: subj, RequestsMaxAge: 48 * time.Hour, AckWait: 7 * time.Second, MaxDeliveries: 2}); err != nil {
+	if err := b.Setup(ctx, broker.Topology{Subjects: subj, RequestsMaxAge: 48 * time.Hour, AckWait: 7 * time.Second, MaxDeliveries: 2,
+		RepliesDedupWindow: 10 * time.Minute, ClaimsTTL: 48 * time.Hour}); err != nil {
 		t.Fatalf("Setup with a changed topology: %v", err)
 	}
 	if got := streamInfo(t, b, chat.StreamRequests).Config.MaxAge; got != 48*time.Hour {
@@ -269,6 +270,9 @@ func TestSetupUpdatesChangedTopology(t *testing.T) {
 	}
 	checkConsumer(t, b, chat.StreamRequests, "chat.requests.*", 7*time.Second, 6)
 	checkBuckets(t, b, "CHAT", 48*time.Hour)
+	if got := streamInfo(t, b, chat.StreamReplies).Config.Duplicates; got != 10*time.Minute {
+		t.Errorf("replies duplicate window after update = %s, want 10m", got)
+	}
 	if n := streamInfo(t, b, chat.StreamRequests).State.Msgs; n != 2 {
 		t.Errorf("requests after the update = %d, want 2", n)
 	}
@@ -295,7 +299,7 @@ func TestSetupOtherPrefix(t *testing.T) {
 		b := newBroker(t, broker.Topology{Subjects: shadow})
 		checkStreams(t, b, wantStreams("shadow", week))
 		checkConsumer(t, b, "SHADOW_REQUESTS", "shadow.requests.*", 30*time.Second, -1)
-		checkBuckets(t, b, "SHADOW", week)
+		checkBuckets(t, b, "SHADOW", broker.DefaultClaimsTTL)
 		ctx := testCtx(t)
 		for _, name := range []string{chat.StreamRequests, chat.StreamReplies, chat.StreamEvents, chat.StreamDead, "KV_CHAT_CLAIMS", "KV_CHAT_BREAKERS"} {
 			if _, err := b.JetStream().Stream(ctx, name); !isNotFound(err) {
@@ -325,7 +329,7 @@ func TestSetupOtherPrefix(t *testing.T) {
 		}
 		checkStreams(t, b, wantStreams("shadow", time.Hour))
 		checkConsumer(t, b, "SHADOW_REQUESTS", "shadow.requests.*", 30*time.Second, -1)
-		checkBuckets(t, b, "SHADOW", time.Hour)
+		checkBuckets(t, b, "SHADOW", broker.DefaultClaimsTTL)
 		if after := takeSnapshot(t, b); !reflect.DeepEqual(before, after) {
 			t.Errorf("Setup(shadow) touched CHAT_*:\nbefore %+v\nafter  %+v", before, after)
 		}

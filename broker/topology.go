@@ -21,6 +21,13 @@ const (
 	dupWindow     = 2 * time.Minute
 )
 
+// Defaults of the retentions held in every server's memory (README, "Sizing
+// the server"); StreamsConfig says what each protects.
+const (
+	DefaultRepliesDedupWindow = time.Hour
+	DefaultClaimsTTL          = 24 * time.Hour
+)
+
 // Setup creates or updates the streams, the workers consumer and the claims
 // bucket. It is idempotent: every replica calls it at start-up.
 func (b *Broker) Setup(ctx context.Context, t Topology) error {
@@ -29,6 +36,12 @@ func (b *Broker) Setup(ctx context.Context, t Topology) error {
 	}
 	if t.RequestsMaxAge == 0 {
 		t.RequestsMaxAge = 7 * 24 * time.Hour
+	}
+	if t.RepliesDedupWindow == 0 {
+		t.RepliesDedupWindow = DefaultRepliesDedupWindow
+	}
+	if t.ClaimsTTL == 0 {
+		t.ClaimsTTL = DefaultClaimsTTL
 	}
 	if t.AckWait == 0 {
 		t.AckWait = 30 * time.Second
@@ -39,7 +52,7 @@ func (b *Broker) Setup(ctx context.Context, t Topology) error {
 			Description: "chat requests, kept after processing for replay"},
 		// Replies dedupe on the request id over their whole life: a second
 		// publish of the same id is dropped by the server.
-		{Name: s.Stream(chat.KindReplies), Subjects: []string{s.AllReplies()}, MaxAge: repliesMaxAge, Duplicates: repliesMaxAge,
+		{Name: s.Stream(chat.KindReplies), Subjects: []string{s.AllReplies()}, MaxAge: repliesMaxAge, Duplicates: min(t.RepliesDedupWindow, repliesMaxAge),
 			Description: "exactly one final reply per request id"},
 		{Name: s.Stream(chat.KindEvents), Subjects: []string{s.AllEvents()}, MaxAge: eventsMaxAge, Duplicates: dupWindow,
 			Description: "provider attempts, queued retries, breaker transitions, dead letters"},
@@ -87,7 +100,7 @@ func (b *Broker) Setup(ctx context.Context, t Topology) error {
 	kv, err := b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      s.Stream(chat.KindClaims),
 		Description: "request ids being answered or answered (exactly one reply per id)",
-		TTL:         t.RequestsMaxAge,
+		TTL:         t.ClaimsTTL,
 		History:     1,
 		Storage:     jetstream.FileStorage,
 		Replicas:    t.Replicas,

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"reflect"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -61,12 +62,13 @@ type LogConfig struct {
 func Default() Config {
 	c := Config{
 		Subjects: SubjectsConfig{Prefix: "chat"},
-		Streams:  broker.StreamsConfig{Replicas: 1, RequestsMaxAge: 7 * 24 * time.Hour},
-		Worker:   worker.DefaultConfig(),
-		Retry:    worker.DefaultRetryConfig(),
-		Breaker:  breaker.Config{ConsecutiveFailures: 5, OpenFor: 5 * time.Minute},
-		Metrics:  MetricsConfig{Listen: "127.0.0.1:9090"},
-		Log:      LogConfig{Level: "info"},
+		Streams: broker.StreamsConfig{Replicas: 1, RequestsMaxAge: 7 * 24 * time.Hour,
+			RepliesDedupWindow: broker.DefaultRepliesDedupWindow, ClaimsTTL: broker.DefaultClaimsTTL},
+		Worker:  worker.DefaultConfig(),
+		Retry:   worker.DefaultRetryConfig(),
+		Breaker: breaker.Config{ConsecutiveFailures: 5, OpenFor: 5 * time.Minute},
+		Metrics: MetricsConfig{Listen: "127.0.0.1:9090"},
+		Log:     LogConfig{Level: "info"},
 		Providers: []providers.Config{
 			{Name: "deepseek", Kind: providers.KindOpenAI, BaseURL: "https://api.deepseek.com/v1", Model: "deepseek-chat",
 				APIKeyEnv: "DEEPSEEK_API_KEY", Timeout: 30 * time.Second},
@@ -104,9 +106,11 @@ func Load(path string) (Config, error) {
 // Parse reads a configuration document over the defaults and validates it.
 func Parse(data []byte) (Config, error) {
 	c := Default()
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+	var doc yaml.Node
+	if err := yaml.NewDecoder(bytes.NewReader(data)).Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
+		return Config{}, err
+	}
+	if err := decode(&doc, reflect.ValueOf(&c).Elem(), ""); err != nil {
 		return Config{}, err
 	}
 	for i := range c.Providers {
@@ -134,6 +138,16 @@ func (c Config) Validate() error {
 	}
 	if c.Worker.RequestTTL > c.Streams.RequestsMaxAge {
 		return fmt.Errorf("worker.request_ttl: %s outlives streams.requests_max_age %s", c.Worker.RequestTTL, c.Streams.RequestsMaxAge)
+	}
+	// A request is in flight until its deadline: both retentions must
+	// outlive the default one (README, "Sizing the server").
+	if c.Streams.RepliesDedupWindow < c.Worker.RequestTTL {
+		return fmt.Errorf("streams.replies_dedup_window: %s is shorter than worker.request_ttl %s: a reply published twice within a request's deadline could be stored twice",
+			c.Streams.RepliesDedupWindow, c.Worker.RequestTTL)
+	}
+	if c.Streams.ClaimsTTL < c.Worker.RequestTTL {
+		return fmt.Errorf("streams.claims_ttl: %s is shorter than worker.request_ttl %s: a resend before the deadline could be answered twice",
+			c.Streams.ClaimsTTL, c.Worker.RequestTTL)
 	}
 	if err := c.Retry.Validate(); err != nil {
 		return err

@@ -83,6 +83,8 @@ func checkSpecDefaults(t *testing.T, c config.Config) {
 		{"subjects.prefix", c.Subjects.Prefix, "chat"},
 		{"streams.replicas", c.Streams.Replicas, 1},
 		{"streams.requests_max_age", c.Streams.RequestsMaxAge, 168 * time.Hour},
+		{"streams.replies_dedup_window", c.Streams.RepliesDedupWindow, time.Hour},
+		{"streams.claims_ttl", c.Streams.ClaimsTTL, 24 * time.Hour},
 		{"worker.concurrency", c.Worker.Concurrency, 64},
 		{"worker.request_ttl", c.Worker.RequestTTL, 2 * time.Minute},
 		{"worker.ack_wait", c.Worker.AckWait, 30 * time.Second},
@@ -165,7 +167,7 @@ nats:
   password: p
   token: tok
 subjects: {prefix: shadow.v2}
-streams: {replicas: 3, requests_max_age: 24h}
+streams: {replicas: 3, requests_max_age: 24h, replies_dedup_window: 30m, claims_ttl: 36h}
 worker: {concurrency: 8, request_ttl: 90s, ack_wait: 1s, max_deliveries: 5,
          requeue_min: 500ms, requeue_max: 500ms, max_request_bytes: 256, shutdown_grace: 0s}
 retry: {min: 0s, max: 1s, factor: 1.5, jitter: false}
@@ -191,7 +193,8 @@ providers:
 	if c.Subjects.Prefix != "shadow.v2" || c.SubjectScheme().Stream("REQUESTS") != "SHADOW_V2_REQUESTS" {
 		t.Errorf("subjects.prefix = %q", c.Subjects.Prefix)
 	}
-	if want := (broker.StreamsConfig{Replicas: 3, RequestsMaxAge: 24 * time.Hour}); c.Streams != want {
+	if want := (broker.StreamsConfig{Replicas: 3, RequestsMaxAge: 24 * time.Hour, RepliesDedupWindow: 30 * time.Minute,
+		ClaimsTTL: 36 * time.Hour}); c.Streams != want {
 		t.Errorf("streams = %+v, want %+v", c.Streams, want)
 	}
 	wantWorker := worker.Config{Concurrency: 8, RequestTTL: 90 * time.Second, AckWait: time.Second, MaxDeliveries: 5,
@@ -280,6 +283,13 @@ func TestParseInvalid(t *testing.T) {
 		{"streams.replicas 7", "streams: {replicas: 7}", []string{"streams.replicas", "7"}},
 		{"streams.replicas 0", "streams: {replicas: 0}", []string{"streams.replicas"}},
 		{"streams.requests_max_age 1m", "streams: {requests_max_age: 1m}", []string{"streams.requests_max_age"}},
+		{"streams.replies_dedup_window 30s", "streams: {replies_dedup_window: 30s}", []string{"streams.replies_dedup_window", "30s"}},
+		{"streams.replies_dedup_window beyond the replies' life", "streams: {replies_dedup_window: 25h}", []string{"streams.replies_dedup_window", "25h"}},
+		{"streams.replies_dedup_window below worker.request_ttl", "worker: {request_ttl: 10m}\nstreams: {replies_dedup_window: 5m}", []string{"streams.replies_dedup_window", "worker.request_ttl"}},
+		{"streams.replies_dedup_window not a duration", "streams: {replies_dedup_window: forever}", []string{"streams.replies_dedup_window", "forever"}},
+		{"streams.claims_ttl 0", "streams: {claims_ttl: 0s}", []string{"streams.claims_ttl"}},
+		{"streams.claims_ttl below worker.request_ttl", "worker: {request_ttl: 2h}\nstreams: {replies_dedup_window: 3h, claims_ttl: 1h}", []string{"streams.claims_ttl", "worker.request_ttl"}},
+		{"streams.claims_ttl not a duration", "streams: {claims_ttl: 7}", []string{"streams.claims_ttl", "7"}},
 		{"providers empty list", "providers: []", []string{"providers"}},
 		{"providers null", "providers:", []string{"providers"}},
 		{"providers[1].kind foo", p0 + "  - {name: b, kind: foo}", []string{"providers[1].kind", "foo"}},
@@ -300,7 +310,7 @@ func TestParseInvalid(t *testing.T) {
 		{"unknown provider key", "providers:\n  - {name: s, kind: sim, api_key: secret}", []string{"api_key"}},
 		{"unknown sim key", "providers:\n  - {name: s, kind: sim, sim: {failure: 1}}", []string{"failure"}},
 		{"wrong type", "worker: {concurrency: many}", []string{"many"}},
-		{"not a mapping", "- a\n- b\n", []string{"config.Config"}},
+		{"not a mapping", "- a\n- b\n", []string{"expected a mapping", "list"}},
 		{"nats.creds pointing at a missing file", "nats: {creds: " + missing + "}", []string{"nats.creds", "missing.creds"}},
 		{"nats.tls.ca missing file", "nats: {tls: {ca: " + missing + "}}", []string{"nats.tls.ca"}},
 		{"nats.tls.cert without key", "nats: {tls: {cert: " + certFile + "}}", []string{"nats.tls.cert", "nats.tls.key"}},

@@ -78,6 +78,9 @@ func Start(ctx context.Context, cfg config.Config, name string, log zerolog.Logg
 	s.Registry = prometheus.NewRegistry()
 	s.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := worker.NewMetrics(s.Registry)
+	for _, l := range links {
+		metrics.SampleBreaker(l.Breaker) // before the transition forwarder starts
+	}
 	if cfg.Metrics.Listen != "" {
 		if err := s.serveHTTP(cfg.Metrics.Listen); err != nil {
 			return s, err
@@ -127,7 +130,8 @@ func Start(ctx context.Context, cfg config.Config, name string, log zerolog.Logg
 // may start before its NATS cluster) until ctx ends.
 func (s *Service) setup(ctx context.Context) error {
 	topo := broker.Topology{Subjects: s.cfg.SubjectScheme(), Replicas: s.cfg.Streams.Replicas,
-		RequestsMaxAge: s.cfg.Streams.RequestsMaxAge, AckWait: s.cfg.Worker.AckWait, MaxDeliveries: s.cfg.Worker.MaxDeliveries}
+		RequestsMaxAge: s.cfg.Streams.RequestsMaxAge, AckWait: s.cfg.Worker.AckWait, MaxDeliveries: s.cfg.Worker.MaxDeliveries,
+		RepliesDedupWindow: s.cfg.Streams.RepliesDedupWindow, ClaimsTTL: s.cfg.Streams.ClaimsTTL}
 	for {
 		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err := s.Broker.Setup(sctx, topo)

@@ -73,3 +73,11 @@ func (m *Metrics) breaker(t breaker.Transition) {
 	m.breakerState.WithLabelValues(t.Provider).Set(float64(t.To))
 	m.breakerChanges.WithLabelValues(t.Provider, t.To.String()).Inc()
 }
+
+// SampleBreaker gives b's state gauge its current value, so that every
+// provider of the chain has a sample from the start rather than only after a
+// first transition. Call it before the breaker's transitions are forwarded
+// to Pool.BreakerChanged, so that a later transition is never overwritten.
+func (m *Metrics) SampleBreaker(b *breaker.Breaker) {
+	m.breakerState.WithLabelValues(b.Name()).Set(float64(b.State()))
+}
