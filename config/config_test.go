@@ -92,6 +92,7 @@ func checkSpecDefaults(t *testing.T, c config.Config) {
 		{"worker.requeue_min", c.Worker.RequeueMin, time.Second},
 		{"worker.requeue_max", c.Worker.RequeueMax, time.Minute},
 		{"worker.max_request_bytes", c.Worker.MaxRequestBytes, 262144},
+		{"worker.max_metadata_bytes", c.Worker.MaxMetadataBytes, 16384},
 		{"worker.shutdown_grace", c.Worker.ShutdownGrace, 30 * time.Second},
 		{"retry.min", c.Retry.Min, 250 * time.Millisecond},
 		{"retry.max", c.Retry.Max, 10 * time.Second},
@@ -169,7 +170,7 @@ nats:
 subjects: {prefix: shadow.v2}
 streams: {replicas: 3, requests_max_age: 24h, replies_dedup_window: 30m, claims_ttl: 36h}
 worker: {concurrency: 8, request_ttl: 90s, ack_wait: 1s, max_deliveries: 5,
-         requeue_min: 500ms, requeue_max: 500ms, max_request_bytes: 256, shutdown_grace: 0s}
+         requeue_min: 500ms, requeue_max: 500ms, max_request_bytes: 256, max_metadata_bytes: 2048, shutdown_grace: 0s}
 retry: {min: 0s, max: 1s, factor: 1.5, jitter: false}
 breaker: {consecutive_failures: 1, open_for: 1ms}
 metrics: {listen: ""}
@@ -198,7 +199,7 @@ providers:
 		t.Errorf("streams = %+v, want %+v", c.Streams, want)
 	}
 	wantWorker := worker.Config{Concurrency: 8, RequestTTL: 90 * time.Second, AckWait: time.Second, MaxDeliveries: 5,
-		RequeueMin: 500 * time.Millisecond, RequeueMax: 500 * time.Millisecond, MaxRequestBytes: 256}
+		RequeueMin: 500 * time.Millisecond, RequeueMax: 500 * time.Millisecond, MaxRequestBytes: 256, MaxMetadataBytes: 2048}
 	if c.Worker != wantWorker {
 		t.Errorf("worker = %+v, want %+v", c.Worker, wantWorker)
 	}
@@ -265,6 +266,7 @@ func TestParseInvalid(t *testing.T) {
 		{"worker.request_ttl beyond streams.requests_max_age", "worker: {request_ttl: 200h}", []string{"worker.request_ttl", "streams.requests_max_age"}},
 		{"worker.max_deliveries negative", "worker: {max_deliveries: -1}", []string{"worker.max_deliveries"}},
 		{"worker.max_request_bytes too small", "worker: {max_request_bytes: 100}", []string{"worker.max_request_bytes"}},
+		{"worker.max_metadata_bytes too large", "worker: {max_metadata_bytes: 1000000}", []string{"worker.max_metadata_bytes"}},
 		{"worker.shutdown_grace negative", "worker: {shutdown_grace: -1s}", []string{"worker.shutdown_grace"}},
 		{"worker.ack_wait not a duration", "worker: {ack_wait: soon}", []string{"soon"}},
 		{"worker.ack_wait a bare number", "worker: {ack_wait: 30}", []string{"30"}},
