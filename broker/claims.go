@@ -196,20 +196,16 @@ func (c *Claim) Refresh(ctx context.Context) error { return c.update(ctx, c.valu
 // Requeue records that the holder put its message back with nothing
 // published, so the next delivery takes the claim at once and needs no look
 // for an earlier reply. A claim lost meanwhile is left as it is.
-func (c *Claim) Requeue(ctx context.Context) error {
-	v := c.value()
-	v.Requeued = true
-	if err := c.update(ctx, v); err != nil && !errors.Is(err, ErrClaimLost) {
-		return err
-	}
-	return nil
-}
+func (c *Claim) Requeue(ctx context.Context) error { return c.letGo(ctx, claimValue{Requeued: true}) }
 
 // Release records that the holder let go after a write that may have
 // landed: the next delivery takes the claim at once and looks for a reply.
-func (c *Claim) Release(ctx context.Context) error {
+func (c *Claim) Release(ctx context.Context) error { return c.letGo(ctx, claimValue{Released: true}) }
+
+// letGo writes how the holder let go (the Requeued or Released of v).
+func (c *Claim) letGo(ctx context.Context, how claimValue) error {
 	v := c.value()
-	v.Released = true
+	v.Requeued, v.Released = how.Requeued, how.Released
 	if err := c.update(ctx, v); err != nil && !errors.Is(err, ErrClaimLost) {
 		return err
 	}

@@ -332,17 +332,23 @@ func TestSkewedClocksNeitherStealNorBlock(t *testing.T) {
 
 // Item 5 of issue 7: a deadline is a deadline.
 func TestDeadlineNearerThanRequeueMin(t *testing.T) {
-	s := keepCalling()
-	s.cfg.RequeueMin, s.cfg.RequeueMax = 2*time.Second, 4*time.Second
-
-	t.Run("a provider back before the deadline is asked", func(t *testing.T) {
+	// A pool whose provider is down and a request due in 1.5 s, less than
+	// requeue_min away.
+	start := func(t *testing.T, id string) (*broker.Broker, *fleet, chat.Request) {
+		s := keepCalling()
+		s.cfg.RequeueMin, s.cfg.RequeueMax = 2*time.Second, 4*time.Second
 		b := newBroker(t, broker.Topology{})
 		f := newFleet(t, "deepseek")
 		f.sim("deepseek").SetMode(sim.ModeError)
 		startPool(t, b, f, s)
-		req := request("last-second")
+		req := request(id)
 		req.Deadline = time.Now().Add(1500 * time.Millisecond)
 		publish(t, b, "c-1", req, "")
+		return b, f, req
+	}
+
+	t.Run("a provider back before the deadline is asked", func(t *testing.T) {
+		b, f, _ := start(t, "last-second")
 		poll.Until(t, 5*time.Second, "the first ladder", func() bool { return f.sim("deepseek").Hits() >= 1 })
 		f.sim("deepseek").SetMode(sim.ModeOK)
 		r := waitReplies(t, b, 1)["last-second"]
@@ -352,13 +358,7 @@ func TestDeadlineNearerThanRequeueMin(t *testing.T) {
 	})
 
 	t.Run("deadline_exceeded only once it has passed", func(t *testing.T) {
-		b := newBroker(t, broker.Topology{})
-		f := newFleet(t, "deepseek")
-		f.sim("deepseek").SetMode(sim.ModeError)
-		startPool(t, b, f, s)
-		req := request("expires")
-		req.Deadline = time.Now().Add(1500 * time.Millisecond)
-		publish(t, b, "c-1", req, "")
+		b, _, req := start(t, "expires")
 		r := waitReplies(t, b, 1)["expires"]
 		if r.Status != chat.StatusFailed || r.Error.Code != chat.CodeDeadlineExceeded {
 			t.Fatalf("reply %s %+v, want deadline_exceeded", r.Status, r.Error)
