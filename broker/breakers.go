@@ -83,29 +83,42 @@ func (b *Broker) WatchBreakers(ctx context.Context, fn func(provider string, st 
 
 // ClaimProbe tries to become the one replica that sends provider's
 // half-open probe. A claim older than stale is presumed abandoned (its
-// worker died mid-probe) and taken over.
+// worker died mid-probe) and taken over. Age is measured with the server's
+// timestamps, so a replica whose clock is off neither takes a live probe
+// nor waits on a dead one.
 func (b *Broker) ClaimProbe(ctx context.Context, provider, worker string, stale time.Duration) (bool, error) {
 	v, _ := json.Marshal(probeClaim{Worker: worker, At: b.now()})
-	if _, err := b.breakers.Create(ctx, probeKey(provider), v); err == nil {
-		return true, nil
-	} else if !errors.Is(err, jetstream.ErrKeyExists) {
-		return false, fmt.Errorf("claim probe of %s: %w", provider, err)
-	}
-	e, err := b.breakers.Get(ctx, probeKey(provider))
-	if err != nil {
-		return false, fmt.Errorf("claim probe of %s: %w", provider, err)
-	}
-	var c probeClaim
-	if json.Unmarshal(e.Value(), &c) == nil && b.now().Sub(c.At) < stale {
-		return false, nil
-	}
-	if _, err := b.breakers.Update(ctx, probeKey(provider), v, e.Revision()); err != nil {
-		if errors.Is(err, jetstream.ErrKeyExists) {
+	for range 3 {
+		_, err := b.breakers.Create(ctx, probeKey(provider), v)
+		if err == nil {
+			return true, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return false, fmt.Errorf("claim probe of %s: %w", provider, err)
+		}
+		e, err := b.breakers.Get(ctx, probeKey(provider))
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // released between the two calls
+		}
+		if err != nil {
+			return false, fmt.Errorf("claim probe of %s: %w", provider, err)
+		}
+		age, err := serverAge(ctx, b.breakers, e)
+		if err != nil {
+			return false, fmt.Errorf("claim probe of %s: %w", provider, err)
+		}
+		if age < stale {
 			return false, nil
 		}
-		return false, fmt.Errorf("take over probe of %s: %w", provider, err)
+		if _, err := b.breakers.Update(ctx, probeKey(provider), v, e.Revision()); err != nil {
+			if errors.Is(err, jetstream.ErrKeyExists) {
+				return false, nil // a peer took it over first
+			}
+			return false, fmt.Errorf("take over probe of %s: %w", provider, err)
+		}
+		return true, nil
 	}
-	return true, nil
+	return false, nil
 }
 
 // ReleaseProbe gives provider's probe back once its verdict is known, if
