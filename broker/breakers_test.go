@@ -97,7 +97,7 @@ func TestShareAndWatchBreakers(t *testing.T) {
 	if ok, err := b.ClaimProbe(ctx, "deepseek", "w1", time.Minute); err != nil || !ok {
 		t.Fatalf("ClaimProbe = %v, %v", ok, err)
 	}
-	if err := b.ReleaseProbe(ctx, "deepseek", "w1"); err != nil {
+	if err := b.ReleaseProbe(ctx, "deepseek", "w1", 0); err != nil {
 		t.Fatal(err)
 	}
 	// A round trip through the watch: one more verdict, then compare.
@@ -183,21 +183,23 @@ func TestClaimProbe(t *testing.T) {
 	if claim("deepseek", "w2", time.Hour) {
 		t.Error("second ClaimProbe won while the first is fresh")
 	}
-	if claim("deepseek", "w1", time.Hour) {
-		t.Error("ClaimProbe by the holder again won: a probe is claimed once")
+	// The holder asks again only when it lost the answer to its claim (a
+	// timeout): it takes its own claim back.
+	if !claim("deepseek", "w1", time.Hour) {
+		t.Error("ClaimProbe by the holder again lost its own claim")
 	}
 	if !claim("llama", "w2", time.Hour) {
 		t.Error("another provider's probe is independent, but lost")
 	}
 
 	// Only the holder's release counts.
-	if err := b.ReleaseProbe(ctx, "deepseek", "w2"); err != nil {
+	if err := b.ReleaseProbe(ctx, "deepseek", "w2", 0); err != nil {
 		t.Fatalf("ReleaseProbe: %v", err)
 	}
 	if claim("deepseek", "w2", time.Hour) {
 		t.Error("a release by a worker that does not hold the probe freed it")
 	}
-	if err := b.ReleaseProbe(ctx, "deepseek", "w1"); err != nil {
+	if err := b.ReleaseProbe(ctx, "deepseek", "w1", 0); err != nil {
 		t.Fatalf("ReleaseProbe: %v", err)
 	}
 	if !claim("deepseek", "w2", time.Hour) {
@@ -215,13 +217,29 @@ func TestClaimProbe(t *testing.T) {
 
 	// Releasing what is not held is not an error, twice over.
 	for _, p := range []string{"never-claimed", "never-claimed", "deepseek", "deepseek"} {
-		if err := b.ReleaseProbe(ctx, p, "w3"); err != nil {
+		if err := b.ReleaseProbe(ctx, p, "w3", 0); err != nil {
 			t.Errorf("ReleaseProbe(%s): %v", p, err)
 		}
 	}
 	if !claim("deepseek", "w4", time.Hour) || !claim("never-claimed", "w4", time.Hour) {
 		t.Error("ClaimProbe after releases lost")
 	}
+
+	// A failed probe's release holds the probe from everybody, its holder
+	// included, for the hold by the server's clock; then it is free.
+	if err := b.ReleaseProbe(ctx, "deepseek", "w4", 300*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if claim("deepseek", "w5", time.Nanosecond) || claim("deepseek", "w4", time.Hour) {
+		t.Error("ClaimProbe won a probe held after its failure")
+	}
+	if err := b.ReleaseProbe(ctx, "deepseek", "w4", 0); err != nil {
+		t.Fatal(err)
+	}
+	if claim("deepseek", "w5", time.Hour) {
+		t.Error("releasing a hold again cut it short")
+	}
+	poll.Until(t, 5*time.Second, "the hold to end", func() bool { return claim("deepseek", "w5", time.Hour) })
 }
 
 // skewedPair is two brokers on one server, as two replicas on two hosts:
