@@ -41,7 +41,9 @@ type sharedBreakers struct {
 
 var _ breaker.ProbeGate = (*sharedBreakers)(nil)
 
-const sharedOpTimeout = 2 * time.Second
+// sharedOpTimeout bounds each call to the bucket. (A variable so tests can
+// shorten it.)
+var sharedOpTimeout = 2 * time.Second
 
 // TryProbe claims provider's probe key. This process's previous probe is
 // settled first, so that its own claim is not taken for a peer's.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +20,7 @@ import (
 	"github.com/understudy-ai/understudy/chat"
 	"github.com/understudy-ai/understudy/internal/faultproxy"
 	"github.com/understudy-ai/understudy/internal/poll"
+	"github.com/understudy-ai/understudy/providers/sim"
 )
 
 // proxied connects a broker to srv through a fault-injecting proxy and
@@ -247,4 +249,116 @@ func isHold(v string) bool {
 		Hold time.Duration `json:"hold"`
 	}
 	return json.Unmarshal([]byte(v), &c) == nil && c.Hold > 0
+}
+
+// hitTimes records when the provider is called, sampling its counter.
+func hitTimes(t *testing.T, provider *sim.Server) func() []time.Time {
+	t.Helper()
+	var mu sync.Mutex
+	var at []time.Time
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		seen := provider.Hits()
+		tick := time.NewTicker(2 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case now := <-tick.C:
+				for n := provider.Hits(); seen < n; seen++ {
+					mu.Lock()
+					at = append(at, now)
+					mu.Unlock()
+				}
+			}
+		}
+	}()
+	t.Cleanup(func() { close(stop); <-done })
+	return func() []time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]time.Time(nil), at...)
+	}
+}
+
+// Three replicas, each with its own link to NATS, and one provider that is
+// down. While the bucket is slow (a leader election: every round trip takes
+// longer than the gate's budget), no replica probes; the whole pool sends
+// one probe per open_for, not one per replica, before, during and after.
+func TestReplicasProbeOncePerOpenForThroughASlowBucket(t *testing.T) {
+	t.Cleanup(func(d time.Duration) func() { return func() { sharedOpTimeout = d } }(sharedOpTimeout))
+	sharedOpTimeout = 200 * time.Millisecond // and the link slows to 150ms each way
+	srv := natsServer(t)
+	provider := simServer(t)
+	provider.SetMode(sim.ModeError)
+	const openFor = 2 * time.Second
+	var links []*faultproxy.Proxy
+	var breakers []*breaker.Breaker
+	for _, name := range []string{"a", "b", "c"} {
+		p, err := faultproxy.New(strings.TrimPrefix(srv.ClientURL(), "nats://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(p.Close)
+		cfg := replicaConfig(p.URL(), provider)
+		cfg.Breaker = breaker.Config{ConsecutiveFailures: 2, OpenFor: openFor}
+		cfg.Worker.ShutdownGrace = time.Second
+		svc := replica(t, cfg, name)
+		links = append(links, p)
+		breakers = append(breakers, svc.Chain.Links()[0].Breaker)
+	}
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	for i := range 100 { // they keep coming back while the provider is down
+		publish(t, js, fmt.Sprintf("c-%d", i), fmt.Sprintf("r-%d", i))
+	}
+	poll.Until(t, 10*time.Second, "every replica's breaker open", func() bool {
+		for _, b := range breakers {
+			if b.State() == breaker.Closed {
+				return false
+			}
+		}
+		return true
+	})
+	hits := hitTimes(t, provider)
+	start := time.Now()
+
+	// The bucket slows down for four windows (every replica half-opens and
+	// asks the gate in each), then answers again.
+	for _, p := range links {
+		p.SetLatency(3 * sharedOpTimeout / 4)
+	}
+	slow := time.NewTimer(4 * openFor)
+	<-slow.C
+	back := len(hits())
+	for _, p := range links {
+		p.SetLatency(0)
+	}
+	if back > 0 {
+		t.Errorf("%d probes while the gate could not be reached, want none", back)
+	}
+	poll.Until(t, 3*openFor, "a probe once the bucket answers", func() bool { return len(hits()) > back })
+	more := time.NewTimer(2 * openFor)
+	<-more.C
+
+	got, elapsed := hits(), time.Since(start)
+	var gaps []time.Duration
+	for i := 1; i < len(got); i++ {
+		gaps = append(gaps, got[i].Sub(got[i-1]).Round(time.Millisecond))
+	}
+	t.Logf("%d probes in %s, %s apart", len(got), elapsed.Round(time.Millisecond), gaps)
+	for _, g := range gaps {
+		if g < openFor/2 {
+			t.Errorf("two probes %s apart; want one per open_for (%s) for the whole pool", g, openFor)
+		}
+	}
+	if windows := int(elapsed/openFor) + 1; len(got) > windows {
+		t.Errorf("%d probes in %s, want at most %d: one per open_for", len(got), elapsed.Round(time.Millisecond), windows)
+	}
 }
