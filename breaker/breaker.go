@@ -93,12 +93,20 @@ type Transition struct {
 }
 
 // ProbeGate decides, across processes, which one may send the half-open
-// probe of a provider. TryProbe is called once this process has won its
-// own probe; false means a peer holds it. Done is called with the probe's
-// verdict so the gate can be released.
+// probe of a provider.
 type ProbeGate interface {
-	TryProbe(provider string) bool
-	Done(provider string)
+	// TryProbe is called once this process has won its own probe. True:
+	// this process probes. False: a peer holds the probe; the gate is asked
+	// again after gateRetry, or as soon as a peer's verdict changes the
+	// state. An error: the gate cannot be reached, and nobody probes from
+	// here (fail closed); it is asked again after gateRecheck.
+	TryProbe(provider string) (bool, error)
+	// Done is called once per probe TryProbe granted, with its outcome: To
+	// is Open (the probe failed), Closed (it succeeded) or HalfOpen (it said
+	// nothing, or its verdict came after the breaker had moved on). Done
+	// must not block. The gate shares a verdict with its peers before it
+	// gives the probe back, and a TryProbe made meanwhile waits for that.
+	Done(outcome Transition)
 }
 
 // Breaker guards one provider. It is safe for concurrent use; share one per
@@ -121,9 +129,11 @@ type Breaker struct {
 	// forcing marks transitions made by ForceOpen/ForceClosed.
 	forcing atomic.Bool
 	gate    ProbeGate
-	// gateDenied (unix nanos): a peer holds the probe; do not ask again
-	// before then.
+	// gateDenied (unix nanos): a peer holds the probe, or the gate could
+	// not be reached; do not ask again before then.
 	gateDenied atomic.Int64
+	// changedAt (unix nanos) is the time of the last transition.
+	changedAt atomic.Int64
 }
 
 // gateRetry is how long a process waits before asking the gate again after
@@ -131,6 +141,12 @@ type Breaker struct {
 // changes the state (and clears the wait) sooner.
 // (A variable so tests can shorten it.)
 var gateRetry = 5 * time.Second
+
+// gateRecheck is how long a process waits before asking the gate again
+// after it could not be reached (a slow or leaderless bucket): meanwhile it
+// does not probe, so the gate is looked at again soon.
+// (A variable so tests can change it.)
+var gateRecheck = 500 * time.Millisecond
 
 // New returns a closed breaker for the provider called name. onChange, when
 // not nil, is called on every transition; it runs under the library's lock,
@@ -157,6 +173,7 @@ func New(name string, cfg Config, onChange func(Transition)) *Breaker {
 			b.snap.Store(gen<<2 | uint64(next))
 			b.gateDenied.Store(0)
 			now := time.Now()
+			b.changedAt.Store(now.UnixNano())
 			if next == Open {
 				b.openedAt.Store(now.UnixNano())
 			}
@@ -215,20 +232,14 @@ func (b *Breaker) Allow() (done func(Verdict), err error) {
 			}
 		}
 		if b.gate != nil {
-			denied := time.Now().UnixNano() < b.gateDenied.Load()
-			if !denied && !b.gate.TryProbe(b.name) {
-				denied = true
-				b.gateDenied.Store(time.Now().Add(gateRetry).UnixNano())
-			}
-			if denied {
+			if !b.askGate(gen) {
 				b.probe.CompareAndSwap(gen, gen-1) // let a later caller ask again
 				return nil, ErrOpen
 			}
 			var once atomic.Bool
 			return func(v Verdict) {
 				if once.CompareAndSwap(false, true) {
-					b.record(gen, v)
-					b.gate.Done(b.name)
+					b.settleProbe(gen, v)
 				}
 			}, nil
 		}
@@ -237,8 +248,46 @@ func (b *Breaker) Allow() (done func(Verdict), err error) {
 	return func(v Verdict) {
 		if once.CompareAndSwap(false, true) {
 			b.record(gen, v)
+			if v == Ignore {
+				b.probe.CompareAndSwap(gen, gen-1) // hand the probe to the next caller
+			}
 		}
 	}, nil
+}
+
+// askGate asks the ProbeGate for the probe of generation gen, unless a
+// recent answer said not to ask yet.
+func (b *Breaker) askGate(gen uint64) bool {
+	if time.Now().UnixNano() < b.gateDenied.Load() {
+		return false
+	}
+	ok, err := b.gate.TryProbe(b.name)
+	if ok && err == nil {
+		return true
+	}
+	wait := gateRetry
+	if err != nil {
+		wait = gateRecheck
+	}
+	if b.snap.Load()>>2 == gen { // a transition meanwhile starts afresh
+		b.gateDenied.Store(time.Now().Add(wait).UnixNano())
+	}
+	return false
+}
+
+// settleProbe records the verdict of the probe of generation gen that the
+// gate granted, and tells the gate the outcome before the probe is handed
+// to the next caller here, so that the gate is given back (or its release
+// under way) by the time that caller asks for it.
+func (b *Breaker) settleProbe(gen uint64, v Verdict) {
+	outcome := Transition{Provider: b.name, From: HalfOpen, To: HalfOpen, At: time.Now()}
+	if to, at, moved := b.record(gen, v); moved {
+		outcome.To, outcome.At = to, at
+	}
+	b.gate.Done(outcome)
+	if v == Ignore {
+		b.probe.CompareAndSwap(gen, gen-1)
+	}
 }
 
 // SetProbeGate makes the half-open probe exclusive across processes too.
@@ -303,19 +352,23 @@ func (b *Breaker) force(s circuitbreaker.State) {
 	b.cb.SetState(s)
 }
 
-func (b *Breaker) record(gen uint64, v Verdict) {
+// record gives the library the verdict of a call admitted in generation
+// gen; moved reports whether it changed the state, to what and when.
+func (b *Breaker) record(gen uint64, v Verdict) (to State, at time.Time, moved bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.snap.Load()>>2 != gen {
-		return // the breaker moved on (or was forced on) while the call was out
+		return 0, time.Time{}, false // the breaker moved on (or was forced on) while the call was out
 	}
 	switch v {
 	case Success:
 		b.cb.Success()
 	case Failure:
 		b.cb.Fail()
-	case Ignore:
-		// A probe that says nothing hands the probe to the next caller.
-		b.probe.CompareAndSwap(gen, gen-1)
 	}
+	snap := b.snap.Load()
+	if snap>>2 == gen {
+		return 0, time.Time{}, false
+	}
+	return State(snap & 3), time.Unix(0, b.changedAt.Load()), true
 }

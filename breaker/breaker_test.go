@@ -227,23 +227,39 @@ func TestForcedTransitionsAreMarked(t *testing.T) {
 
 // gate is a ProbeGate that a test controls.
 type gate struct {
-	mu    sync.Mutex
-	allow bool
-	asked int
-	done  int
+	mu          sync.Mutex
+	allow       bool
+	unreachable bool
+	held        bool // granted and not yet done
+	asked       int
+	done        []Transition
 }
 
-func (g *gate) TryProbe(string) bool {
+func (g *gate) TryProbe(string) (bool, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.asked++
-	return g.allow
+	if g.unreachable {
+		return false, errors.New("gate unreachable")
+	}
+	if !g.allow || g.held {
+		return false, nil
+	}
+	g.held = true
+	return true, nil
 }
 
-func (g *gate) Done(string) {
+func (g *gate) Done(t Transition) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.done++
+	g.held = false
+	g.done = append(g.done, t)
+}
+
+func (g *gate) outcomes() []Transition {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return append([]Transition(nil), g.done...)
 }
 
 func TestProbeGateAcrossProcesses(t *testing.T) {
@@ -278,11 +294,64 @@ func TestProbeGateAcrossProcesses(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	done(Success)
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if b.State() != Closed || g.done != 1 {
-		t.Fatalf("state %s, gate released %d times; want closed and 1", b.State(), g.done)
+	if got := g.outcomes(); b.State() != Closed || len(got) != 1 || got[0].To != Closed || got[0].From != HalfOpen {
+		t.Fatalf("state %s, gate told %+v; want closed, and the gate told once of half-open to closed", b.State(), got)
 	}
+}
+
+// The gate hears each probe's outcome (the verdict it shares with its
+// peers) before the probe is handed to the next caller; a probe that said
+// nothing hands it on at once, through the gate.
+func TestProbeGateHearsTheOutcome(t *testing.T) {
+	defer func(d time.Duration) { gateRetry = d }(gateRetry)
+	gateRetry = time.Hour // a refusal would stall the test
+	g := &gate{allow: true}
+	b := New("p", Config{ConsecutiveFailures: 1, OpenFor: 20 * time.Millisecond}, nil)
+	b.SetProbeGate(g)
+	call(t, b, Failure)
+	waitState(t, b, HalfOpen)
+
+	call(t, b, Ignore) // granted and given back
+	done, err := b.Allow()
+	if err != nil {
+		t.Fatalf("the caller after an ignored probe: %v", err)
+	}
+	done(Failure)
+	if got := g.outcomes(); len(got) != 2 || got[0].To != HalfOpen || got[1].To != Open ||
+		!got[1].At.Equal(b.OpenUntil().Add(-20*time.Millisecond)) {
+		t.Fatalf("gate told %+v; want half-open (ignored), then open at the reopening time", got)
+	}
+}
+
+// A gate that cannot be reached grants nothing (no process probes alone),
+// and is asked again soon, not after gateRetry.
+func TestProbeGateUnreachableFailsClosed(t *testing.T) {
+	defer func(r, c time.Duration) { gateRetry, gateRecheck = r, c }(gateRetry, gateRecheck)
+	gateRetry, gateRecheck = time.Hour, 20*time.Millisecond
+	g := &gate{allow: true, unreachable: true}
+	b := New("p", Config{ConsecutiveFailures: 1, OpenFor: 20 * time.Millisecond}, nil)
+	b.SetProbeGate(g)
+	call(t, b, Failure)
+	waitState(t, b, HalfOpen)
+	if _, err := b.Allow(); !errors.Is(err, ErrOpen) {
+		t.Fatalf("Allow with the gate unreachable: %v, want ErrOpen", err)
+	}
+	if b.Admitting() {
+		t.Error("admitting while the gate cannot be reached")
+	}
+	g.mu.Lock()
+	g.unreachable = false
+	g.mu.Unlock()
+	deadline := time.Now().Add(5 * time.Second)
+	var done func(Verdict)
+	for done == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the gate was not asked again once reachable")
+		}
+		done, _ = b.Allow()
+		time.Sleep(5 * time.Millisecond)
+	}
+	done(Success)
 }
 
 func TestForceOpenLastsUntilThePeersTime(t *testing.T) {

@@ -23,9 +23,14 @@ type BreakerState struct {
 	At     time.Time `json:"at"`
 }
 
+// probeClaim is the value of a provider's probe key: who probes it, or,
+// with Hold, whose probe just failed.
 type probeClaim struct {
 	Worker string    `json:"worker"`
 	At     time.Time `json:"at"`
+	// Hold: the probe failed, and nobody may probe again until the entry
+	// is Hold old by the server's clock (see ReleaseProbe).
+	Hold time.Duration `json:"hold,omitempty"`
 }
 
 func (b *Broker) setupBreakers(ctx context.Context, t Topology) error {
@@ -83,35 +88,65 @@ func (b *Broker) WatchBreakers(ctx context.Context, fn func(provider string, st 
 
 // ClaimProbe tries to become the one replica that sends provider's
 // half-open probe. A claim older than stale is presumed abandoned (its
-// worker died mid-probe) and taken over.
+// worker died mid-probe) and taken over; a failed probe's hold is taken
+// once it is over. Ages are measured with the server's timestamps, so a
+// replica whose clock is off neither takes a live probe nor waits on a dead
+// one. A live claim of worker's own is taken back at once: it is an earlier
+// attempt whose answer was lost (a timeout on a slow link), as a worker asks
+// for a probe only when it holds none.
 func (b *Broker) ClaimProbe(ctx context.Context, provider, worker string, stale time.Duration) (bool, error) {
 	v, _ := json.Marshal(probeClaim{Worker: worker, At: b.now()})
-	if _, err := b.breakers.Create(ctx, probeKey(provider), v); err == nil {
-		return true, nil
-	} else if !errors.Is(err, jetstream.ErrKeyExists) {
-		return false, fmt.Errorf("claim probe of %s: %w", provider, err)
-	}
-	e, err := b.breakers.Get(ctx, probeKey(provider))
-	if err != nil {
-		return false, fmt.Errorf("claim probe of %s: %w", provider, err)
-	}
-	var c probeClaim
-	if json.Unmarshal(e.Value(), &c) == nil && b.now().Sub(c.At) < stale {
-		return false, nil
-	}
-	if _, err := b.breakers.Update(ctx, probeKey(provider), v, e.Revision()); err != nil {
-		if errors.Is(err, jetstream.ErrKeyExists) {
-			return false, nil
+	for range 3 {
+		_, err := b.breakers.Create(ctx, probeKey(provider), v)
+		if err == nil {
+			return true, nil
 		}
-		return false, fmt.Errorf("take over probe of %s: %w", provider, err)
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return false, fmt.Errorf("claim probe of %s: %w", provider, err)
+		}
+		e, err := b.breakers.Get(ctx, probeKey(provider))
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // released between the two calls
+		}
+		if err != nil {
+			return false, fmt.Errorf("claim probe of %s: %w", provider, err)
+		}
+		var c probeClaim
+		_ = json.Unmarshal(e.Value(), &c) // unreadable: abandoned after stale
+		limit := stale
+		switch {
+		case c.Hold > 0:
+			limit = c.Hold
+		case c.Worker == worker:
+			limit = 0
+		}
+		if limit > 0 {
+			age, err := serverAge(ctx, b.breakers, e)
+			if err != nil {
+				return false, fmt.Errorf("claim probe of %s: %w", provider, err)
+			}
+			if age < limit {
+				return false, nil
+			}
+		}
+		if _, err := b.breakers.Update(ctx, probeKey(provider), v, e.Revision()); err != nil {
+			if errors.Is(err, jetstream.ErrKeyExists) {
+				return false, nil // a peer took it over first
+			}
+			return false, fmt.Errorf("take over probe of %s: %w", provider, err)
+		}
+		return true, nil
 	}
-	return true, nil
+	return false, nil
 }
 
 // ReleaseProbe gives provider's probe back once its verdict is known, if
 // worker still holds it (a peer may have taken over a claim it thought
-// abandoned; that claim is not this worker's to delete).
-func (b *Broker) ReleaseProbe(ctx context.Context, provider, worker string) error {
+// abandoned; that claim is not this worker's to delete). Share the verdict
+// first. hold > 0 (the probe failed) keeps the probe from every replica for
+// hold more by the server's clock, so that a peer that has not yet heard
+// the verdict does not probe the provider that just failed; 0 frees it.
+func (b *Broker) ReleaseProbe(ctx context.Context, provider, worker string, hold time.Duration) error {
 	e, err := b.breakers.Get(ctx, probeKey(provider))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil
@@ -123,7 +158,15 @@ func (b *Broker) ReleaseProbe(ctx context.Context, provider, worker string) erro
 	if json.Unmarshal(e.Value(), &c) != nil || c.Worker != worker {
 		return nil
 	}
-	err = b.breakers.Delete(ctx, probeKey(provider), jetstream.LastRevision(e.Revision()))
+	if c.Hold > 0 {
+		return nil // released already
+	}
+	if hold > 0 {
+		v, _ := json.Marshal(probeClaim{Worker: worker, At: b.now(), Hold: hold})
+		_, err = b.breakers.Update(ctx, probeKey(provider), v, e.Revision())
+	} else {
+		err = b.breakers.Delete(ctx, probeKey(provider), jetstream.LastRevision(e.Revision()))
+	}
 	if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) && !errors.Is(err, jetstream.ErrKeyExists) {
 		return fmt.Errorf("release probe of %s: %w", provider, err)
 	}

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"github.com/understudy-ai/understudy/broker"
 	"github.com/understudy-ai/understudy/internal/poll"
 )
@@ -95,7 +97,7 @@ func TestShareAndWatchBreakers(t *testing.T) {
 	if ok, err := b.ClaimProbe(ctx, "deepseek", "w1", time.Minute); err != nil || !ok {
 		t.Fatalf("ClaimProbe = %v, %v", ok, err)
 	}
-	if err := b.ReleaseProbe(ctx, "deepseek", "w1"); err != nil {
+	if err := b.ReleaseProbe(ctx, "deepseek", "w1", 0); err != nil {
 		t.Fatal(err)
 	}
 	// A round trip through the watch: one more verdict, then compare.
@@ -181,21 +183,23 @@ func TestClaimProbe(t *testing.T) {
 	if claim("deepseek", "w2", time.Hour) {
 		t.Error("second ClaimProbe won while the first is fresh")
 	}
-	if claim("deepseek", "w1", time.Hour) {
-		t.Error("ClaimProbe by the holder again won: a probe is claimed once")
+	// The holder asks again only when it lost the answer to its claim (a
+	// timeout): it takes its own claim back.
+	if !claim("deepseek", "w1", time.Hour) {
+		t.Error("ClaimProbe by the holder again lost its own claim")
 	}
 	if !claim("llama", "w2", time.Hour) {
 		t.Error("another provider's probe is independent, but lost")
 	}
 
 	// Only the holder's release counts.
-	if err := b.ReleaseProbe(ctx, "deepseek", "w2"); err != nil {
+	if err := b.ReleaseProbe(ctx, "deepseek", "w2", 0); err != nil {
 		t.Fatalf("ReleaseProbe: %v", err)
 	}
 	if claim("deepseek", "w2", time.Hour) {
 		t.Error("a release by a worker that does not hold the probe freed it")
 	}
-	if err := b.ReleaseProbe(ctx, "deepseek", "w1"); err != nil {
+	if err := b.ReleaseProbe(ctx, "deepseek", "w1", 0); err != nil {
 		t.Fatalf("ReleaseProbe: %v", err)
 	}
 	if !claim("deepseek", "w2", time.Hour) {
@@ -213,11 +217,88 @@ func TestClaimProbe(t *testing.T) {
 
 	// Releasing what is not held is not an error, twice over.
 	for _, p := range []string{"never-claimed", "never-claimed", "deepseek", "deepseek"} {
-		if err := b.ReleaseProbe(ctx, p, "w3"); err != nil {
+		if err := b.ReleaseProbe(ctx, p, "w3", 0); err != nil {
 			t.Errorf("ReleaseProbe(%s): %v", p, err)
 		}
 	}
 	if !claim("deepseek", "w4", time.Hour) || !claim("never-claimed", "w4", time.Hour) {
 		t.Error("ClaimProbe after releases lost")
 	}
+
+	// A failed probe's release holds the probe from everybody, its holder
+	// included, for the hold by the server's clock; then it is free.
+	if err := b.ReleaseProbe(ctx, "deepseek", "w4", 300*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if claim("deepseek", "w5", time.Nanosecond) || claim("deepseek", "w4", time.Hour) {
+		t.Error("ClaimProbe won a probe held after its failure")
+	}
+	if err := b.ReleaseProbe(ctx, "deepseek", "w4", 0); err != nil {
+		t.Fatal(err)
+	}
+	if claim("deepseek", "w5", time.Hour) {
+		t.Error("releasing a hold again cut it short")
+	}
+	poll.Until(t, 5*time.Second, "the hold to end", func() bool { return claim("deepseek", "w5", time.Hour) })
+}
+
+// skewedPair is two brokers on one server, as two replicas on two hosts:
+// fast's clock runs a minute ahead, slow's a minute behind.
+func skewedPair(t *testing.T) (fast, slow *broker.Broker) {
+	t.Helper()
+	fast, err := broker.Connect(testCtx(t), broker.Config{StoreDir: t.TempDir(), Listen: "127.0.0.1:0"}, "fast", zerolog.Nop())
+	if err != nil {
+		t.Fatalf("Connect: %v", err)
+	}
+	t.Cleanup(fast.Close)
+	if err := fast.Setup(testCtx(t), broker.Topology{Subjects: subj}); err != nil {
+		t.Fatal(err)
+	}
+	slow = connected(t, broker.Config{URL: fast.ClientURL()}, "slow")
+	if err := slow.Setup(testCtx(t), broker.Topology{Subjects: subj}); err != nil {
+		t.Fatal(err)
+	}
+	fast.SetClock(func() time.Time { return time.Now().Add(time.Minute) })
+	slow.SetClock(func() time.Time { return time.Now().Add(-time.Minute) })
+	return fast, slow
+}
+
+// A probe claim's age is read from the server's clock, not from the
+// holder's stamp against the reader's clock: two minutes of skew between
+// two replicas neither steal a live probe nor keep a dead one held.
+func TestClaimProbeIgnoresSkewedClocks(t *testing.T) {
+	t.Parallel()
+	fast, slow := skewedPair(t)
+	ctx := testCtx(t)
+	const stale = 300 * time.Millisecond
+
+	// The slow replica's fresh claim looks two minutes old to the fast one.
+	if ok, err := slow.ClaimProbe(ctx, "deepseek", "slow", stale); err != nil || !ok {
+		t.Fatalf("slow ClaimProbe = %v, %v", ok, err)
+	}
+	if ok, err := fast.ClaimProbe(ctx, "deepseek", "fast", stale); err != nil || ok {
+		t.Fatalf("fast ClaimProbe of a fresh claim = %v, %v; want refused", ok, err)
+	}
+
+	// The fast replica's claim looks two minutes in the future to the slow
+	// one; once its holder is gone (it never releases), the slow one takes
+	// over after stale by the server's clock.
+	if ok, err := fast.ClaimProbe(ctx, "llama", "fast", stale); err != nil || !ok {
+		t.Fatalf("fast ClaimProbe = %v, %v", ok, err)
+	}
+	poll.Until(t, 5*time.Second, "the slow replica to take over the dead fast one's probe", func() bool {
+		ok, err := slow.ClaimProbe(ctx, "llama", "slow", stale)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	})
+	// And the other way round.
+	poll.Until(t, 5*time.Second, "the fast replica to take over the dead slow one's probe", func() bool {
+		ok, err := fast.ClaimProbe(ctx, "deepseek", "fast", stale)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	})
 }
