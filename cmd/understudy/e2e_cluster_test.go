@@ -148,3 +148,33 @@ func e2ePublishRetrying(js jetstream.JetStream, conv, id string, within time.Dur
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// `understudy demo --cluster` loses a node and a replica on its schedule and
+// still ends with the exactly-once verdict and the replay report, exit 0.
+func TestDemoCluster(t *testing.T) {
+	e2eNeedBinary(t)
+	if os.Getenv(clusterE2EEnv) == "" {
+		t.Skipf("cluster end-to-end test: set %s=1 to run it", clusterE2EEnv)
+	}
+	out, errOut, code, took := e2eRun(t, 120*time.Second, e2eEnv(), "demo", "--cluster", "--duration", "15s", "--report", "text")
+	if code != 0 {
+		t.Fatalf("demo --cluster exited %d; stdout:\n%s\nstderr:\n%s", code, e2eTail(out, 6000), e2eTail(errOut, 4000))
+	}
+	for _, want := range []string{
+		"CHAT_REQUESTS leader: n",
+		"deepseek outage begins", "deepseek is back",
+		"shuts down", "started again",
+		"replica-3 crashes", "(crashed)",
+		"unanswered 0, answered more than once 0",
+		"Understudy replay:", // the report
+		"OK: every request was answered exactly once",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("stdout lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Index(out, "summary:") > strings.LastIndex(out, "OK: every request") {
+		t.Errorf("the verdict does not come last:\n%s", out)
+	}
+	t.Logf("demo --cluster took %s", took)
+}
