@@ -219,6 +219,8 @@ func demoFinish(ctx context.Context, o demoOptions, svc *service.Service, subj c
 // demoCounts is what the replies stream says of the requests sent.
 type demoCounts struct {
 	sent, stored, missing, doubled int
+	// doubledIDs names the ids answered more than once (sorted, at most 5).
+	doubledIDs []string
 }
 
 // demoCheck counts, from the CHAT_REPLIES stream itself, the replies to the
@@ -254,8 +256,11 @@ func demoCheck(ctx context.Context, b *broker.Broker, subj chat.Subjects, t *dem
 				c.missing++
 			case stored[id] > 1 || heard > 1:
 				c.doubled++
+				c.doubledIDs = append(c.doubledIDs, fmt.Sprintf("%s (stored %d, heard live %d)", id, stored[id], heard))
 			}
 		}
+		sort.Strings(c.doubledIDs)
+		c.doubledIDs = c.doubledIDs[:min(len(c.doubledIDs), 5)]
 		if c.missing == 0 || try == 4 {
 			return c, nil
 		}
@@ -276,6 +281,9 @@ func demoVerdict(ctx context.Context, o demoOptions, b *broker.Broker, subj chat
 		}
 	}
 	if c.missing > 0 || c.doubled > 0 || c.sent == 0 {
+		if c.doubled > 0 {
+			fmt.Fprintf(stdout, "answered more than once: %s\n", strings.Join(c.doubledIDs, ", "))
+		}
 		fmt.Fprintln(stdout, "FAIL: not every request was answered exactly once")
 		return exitFailed
 	}
