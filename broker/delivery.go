@@ -89,9 +89,15 @@ func newDelivery(m jetstream.Msg) (*Delivery, error) {
 }
 
 // Request reads a stored request by its sequence (for requests whose
-// deliveries ran out, reported by the MAX_DELIVERIES advisory).
+// deliveries ran out, reported by the MAX_DELIVERIES advisory). Any replica
+// may answer; a "not found" is confirmed with the stream's leader (a replica
+// catching up lacks what the leader has), so jetstream.ErrMsgNotFound means
+// the request is truly gone (expired or deleted).
 func (b *Broker) Request(ctx context.Context, seq uint64) (*Stored, error) {
 	m, err := b.requests.GetMsg(ctx, seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		m, err = b.leaderGet(ctx, b.topo.Subjects.Stream(chat.KindRequests), seq)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("read request %d: %w", seq, err)
 	}

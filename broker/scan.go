@@ -99,19 +99,25 @@ func (b *Broker) Scan(ctx context.Context, stream, filter string, since, until t
 // FindReply reports whether a reply to request id is stored on the
 // conversation's reply subject since the given time. It is used only after
 // a lost delivery, to close the gap between publishing a reply and
-// recording it in the claims bucket.
+// recording it in the claims bucket, and its "no" sends the request to a
+// provider again: so it reads from the replies stream's leader, message by
+// message along the conversation's subject (a conversation's replies are
+// few), never from a replica that may be catching up. While the stream has
+// no leader it returns an error, never "no".
 func (b *Broker) FindReply(ctx context.Context, conv, id string, since time.Time) (bool, error) {
-	found := false
-	errFound := errors.New("found")
-	err := b.Scan(ctx, b.topo.Subjects.Stream(chat.KindReplies), b.topo.Subjects.Reply(conv), since, time.Time{}, func(s *Stored) error {
-		if s.Header.Get(chat.HeaderMsgID) == id {
-			found = true
-			return errFound
+	stream, subject := b.topo.Subjects.Stream(chat.KindReplies), b.topo.Subjects.Reply(conv)
+	var seq uint64
+	for {
+		m, err := b.leaderNext(ctx, stream, subject, seq, since)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return false, nil
 		}
-		return nil
-	})
-	if err != nil && !errors.Is(err, errFound) {
-		return false, err
+		if err != nil {
+			return false, fmt.Errorf("look for the reply to %q: %w", id, err)
+		}
+		if m.Header.Get(chat.HeaderMsgID) == id {
+			return true, nil
+		}
+		seq, since = m.Sequence+1, time.Time{}
 	}
-	return found, nil
 }

@@ -26,6 +26,7 @@ type demoOptions struct {
 	duration, outageAt, outageFor, openFor time.Duration
 	rate, conversations                    int
 	logLevel, report, store                string
+	cluster                                bool
 }
 
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -41,6 +42,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.logLevel, "log-level", "warn", "worker log level (JSON on stderr)")
 	fs.StringVar(&o.report, "report", "text", "final replay report: text, json or none")
 	fs.StringVar(&o.store, "store", "", "JetStream store directory (default: a temporary one, removed at the end)")
+	fs.BoolVar(&o.cluster, "cluster", false, "three clustered NATS nodes and three worker replicas; a node and a replica are lost on the way")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -62,6 +64,9 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		defer os.RemoveAll(dir)
 		o.store = dir
+	}
+	if o.cluster {
+		return demoCluster(ctx, o, stdout, stderr)
 	}
 	return demo(ctx, o, stdout, stderr)
 }
@@ -200,48 +205,85 @@ func demoPublish(ctx context.Context, b *broker.Broker, subj chat.Subjects, n, c
 // demoFinish checks, from the CHAT_REPLIES stream itself, that every request
 // got exactly one reply, prints the summary and the replay report.
 func demoFinish(ctx context.Context, o demoOptions, svc *service.Service, subj chat.Subjects, t *demoTally, stdout, stderr io.Writer) int {
-	stored := map[string]int{}
-	sctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	svc.Broker.FlushEvents(sctx) // the report reads them
-	err := svc.Broker.Scan(sctx, subj.Stream(chat.KindReplies), subj.AllReplies(), time.Time{}, time.Time{}, func(s *broker.Stored) error {
-		stored[s.Header.Get(chat.HeaderMsgID)]++
-		return nil
-	})
+	c, err := demoCheck(ctx, svc.Broker, subj, t)
 	if err != nil {
 		fmt.Fprintf(stderr, "understudy demo: reading replies: %v\n", err)
 		return exitFailed
 	}
+	fmt.Fprintf(stdout, "\nsummary: sent %d, replies stored %d, unanswered %d, answered more than once %d; served by %s; failed %d; hits deepseek %d llama %d qwen %d\n",
+		c.sent, c.stored, c.missing, c.doubled, t.byProviderString(), t.failedCount(),
+		svc.Providers[0].Sim.Hits(), svc.Providers[1].Sim.Hits(), svc.Providers[2].Sim.Hits())
+	return demoVerdict(ctx, o, svc.Broker, subj, c, stdout, stderr)
+}
+
+// demoCounts is what the replies stream says of the requests sent.
+type demoCounts struct {
+	sent, stored, missing, doubled int
+	// doubledIDs names the ids answered more than once (sorted, at most 5).
+	doubledIDs []string
+}
+
+// demoCheck counts, from the CHAT_REPLIES stream itself, the replies to the
+// requests of t. The scan may be served by a replica still catching up (a
+// restarted node): a reply missing is looked for again, a few times.
+func demoCheck(ctx context.Context, b *broker.Broker, subj chat.Subjects, t *demoTally) (demoCounts, error) {
+	sctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	b.FlushEvents(sctx) // the report reads them
 	t.mu.Lock()
-	ids := make([]string, 0, len(t.ids))
-	for id := range t.ids {
-		ids = append(ids, id)
+	live := make(map[string]int, len(t.ids))
+	for id, n := range t.ids {
+		live[id] = n
 	}
 	t.mu.Unlock()
-	// Exactly once, twice checked: in the stream (which would drop a second
-	// publish of an id) and as heard live on the reply subjects (which would
-	// not: a chat API listening there would have seen it).
-	missing, doubled := 0, 0
-	t.mu.Lock()
-	for _, id := range ids {
-		switch {
-		case stored[id] == 0:
-			missing++
-		case stored[id] > 1 || t.ids[id] > 1:
-			doubled++
+	var c demoCounts
+	for try := 0; ; try++ {
+		stored := map[string]int{}
+		err := b.Scan(sctx, subj.Stream(chat.KindReplies), subj.AllReplies(), time.Time{}, time.Time{}, func(s *broker.Stored) error {
+			stored[s.Header.Get(chat.HeaderMsgID)]++
+			return nil
+		})
+		if err != nil {
+			return c, err
+		}
+		// Exactly once, twice checked: in the stream (which would drop a
+		// second publish of an id) and as heard live on the reply subjects
+		// (which would not: a chat API listening there would have seen it).
+		c = demoCounts{sent: len(live), stored: len(stored)}
+		for id, heard := range live {
+			switch {
+			case stored[id] == 0:
+				c.missing++
+			case stored[id] > 1 || heard > 1:
+				c.doubled++
+				c.doubledIDs = append(c.doubledIDs, fmt.Sprintf("%s (stored %d, heard live %d)", id, stored[id], heard))
+			}
+		}
+		sort.Strings(c.doubledIDs)
+		c.doubledIDs = c.doubledIDs[:min(len(c.doubledIDs), 5)]
+		if c.missing == 0 || try == 4 {
+			return c, nil
+		}
+		select {
+		case <-sctx.Done():
+			return c, sctx.Err()
+		case <-time.After(time.Second):
 		}
 	}
-	t.mu.Unlock()
-	fmt.Fprintf(stdout, "\nsummary: sent %d, replies stored %d, unanswered %d, answered more than once %d; served by %s; failed %d; hits deepseek %d llama %d qwen %d\n",
-		len(ids), len(stored), missing, doubled, t.byProviderString(), t.failedCount(),
-		svc.Providers[0].Sim.Hits(), svc.Providers[1].Sim.Hits(), svc.Providers[2].Sim.Hits())
+}
+
+// demoVerdict prints the replay report and the exactly-once verdict.
+func demoVerdict(ctx context.Context, o demoOptions, b *broker.Broker, subj chat.Subjects, c demoCounts, stdout, stderr io.Writer) int {
 	if o.report != "none" {
-		if err := demoReport(ctx, svc.Broker, subj, o.report, stdout); err != nil {
+		if err := demoReport(ctx, b, subj, o.report, stdout); err != nil {
 			fmt.Fprintf(stderr, "understudy demo: replay report: %v\n", err)
 			return exitFailed
 		}
 	}
-	if missing > 0 || doubled > 0 || len(ids) == 0 {
+	if c.missing > 0 || c.doubled > 0 || c.sent == 0 {
+		if c.doubled > 0 {
+			fmt.Fprintf(stdout, "answered more than once: %s\n", strings.Join(c.doubledIDs, ", "))
+		}
 		fmt.Fprintln(stdout, "FAIL: not every request was answered exactly once")
 		return exitFailed
 	}
