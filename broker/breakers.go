@@ -63,7 +63,11 @@ func (b *Broker) ShareBreaker(ctx context.Context, provider string, st BreakerSt
 
 // WatchBreakers calls fn for every verdict shared by any replica (this one
 // included; compare Worker), starting with the current ones, until stop.
-func (b *Broker) WatchBreakers(ctx context.Context, fn func(provider string, st BreakerState)) (stop func(), err error) {
+//
+// age is how long ago the verdict was written, by the server's clock (zero
+// when the server's time cannot be read), so a replica whose clock is off
+// follows a peer's verdict for as long as the peer meant, not longer.
+func (b *Broker) WatchBreakers(ctx context.Context, fn func(provider string, st BreakerState, age time.Duration)) (stop func(), err error) {
 	w, err := b.breakers.Watch(ctx, "state.*")
 	if err != nil {
 		return nil, fmt.Errorf("watch breakers: %w", err)
@@ -80,7 +84,13 @@ func (b *Broker) WatchBreakers(ctx context.Context, fn func(provider string, st 
 				b.log.Warn().Err(err).Str("key", e.Key()).Msg("unreadable shared breaker state")
 				continue
 			}
-			fn(e.Key()[len("state."):], st)
+			actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			age, err := serverAge(actx, b.breakers, e)
+			cancel()
+			if err != nil {
+				age = 0
+			}
+			fn(e.Key()[len("state."):], st, max(age, 0))
 		}
 	}()
 	return func() { _ = w.Stop(); <-done }, nil

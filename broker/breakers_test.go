@@ -21,7 +21,7 @@ type verdicts struct {
 	got []verdict
 }
 
-func (v *verdicts) add(p string, st broker.BreakerState) {
+func (v *verdicts) add(p string, st broker.BreakerState, _ time.Duration) {
 	v.mu.Lock()
 	v.got = append(v.got, verdict{p, st})
 	v.mu.Unlock()

@@ -122,7 +122,7 @@ func (s *sharedBreakers) share(t breaker.Transition) bool {
 }
 
 // apply follows a verdict shared by another replica.
-func (s *sharedBreakers) apply(provider string, st broker.BreakerState) {
+func (s *sharedBreakers) apply(provider string, st broker.BreakerState, age time.Duration) {
 	br, ok := s.breakers[provider]
 	if !ok || st.Worker == s.worker {
 		return
@@ -131,7 +131,8 @@ func (s *sharedBreakers) apply(provider string, st broker.BreakerState) {
 	case breaker.Open.String():
 		// Open until the peer's breaker half-opens, not open_for from now:
 		// a replica that starts late must not sit out longer than the rest.
-		br.ForceOpen(st.At.Add(s.openFor))
+		// The verdict's age is the server's, not the writer's clock.
+		br.ForceOpen(time.Now().Add(s.openFor - age))
 	case breaker.Closed.String():
 		br.ForceClosed()
 	}

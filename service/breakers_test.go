@@ -362,3 +362,23 @@ func TestReplicasProbeOncePerOpenForThroughASlowBucket(t *testing.T) {
 		t.Errorf("%d probes in %s, want at most %d: one per open_for", len(got), elapsed.Round(time.Millisecond), windows)
 	}
 }
+
+// A peer's "open" verdict is followed for open_for from when the server
+// stored it, not from the peer's own clock: a peer a minute fast must not keep
+// the pool away from a provider a minute longer.
+func TestPeerVerdictFollowedByTheServersClock(t *testing.T) {
+	b, _ := proxied(t, natsServer(t), "follower")
+	cfg := breaker.Config{ConsecutiveFailures: 1, OpenFor: time.Second}
+	br := gated(t, b, "follower", cfg)
+	fast := time.Now().Add(time.Minute)
+	if err := b.ShareBreaker(context.Background(), "p", broker.BreakerState{State: "open", Worker: "fast-peer", At: fast}); err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, 5*time.Second, "the follower's breaker to open", func() bool { return br.State() != breaker.Closed })
+	// What the pool waits for (it does not pull, and puts requests back,
+	// until then): open_for from the verdict, not a minute more.
+	if until := br.OpenUntil(); time.Until(until) > cfg.OpenFor {
+		t.Errorf("open until %s from now, want at most open_for (%s)", time.Until(until).Round(time.Millisecond), cfg.OpenFor)
+	}
+	poll.Until(t, 5*time.Second, "the follower's breaker to half-open after open_for", func() bool { return br.State() == breaker.HalfOpen })
+}
