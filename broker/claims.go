@@ -142,6 +142,12 @@ type readClaim struct {
 // the server has not seen it written for its staleness.
 func (b *Broker) readClaim(ctx context.Context, key string, defaultStale time.Duration) (jetstream.KeyValueEntry, readClaim, error) {
 	entry, err := b.claims.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		// A direct get may be answered by a replica still catching up:
+		// "not found" decides (a dead letter, a claim won), so the bucket's
+		// leader confirms it.
+		entry, err = b.claimFromLeader(ctx, key)
+	}
 	if err != nil {
 		return nil, readClaim{}, err
 	}
@@ -162,6 +168,48 @@ func (b *Broker) readClaim(ctx context.Context, key string, defaultStale time.Du
 	}
 	c.stale = age >= stale
 	return entry, c, nil
+}
+
+// claimFromLeader reads the claim under key as the bucket's leader has it;
+// jetstream.ErrKeyNotFound when it has none (or a deletion marker).
+func (b *Broker) claimFromLeader(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
+	bucket := b.claims.Bucket()
+	m, err := b.leaderLast(ctx, "KV_"+bucket, "$KV."+bucket+"."+key)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, jetstream.ErrKeyNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	e := leaderEntry{bucket: bucket, key: key, m: m}
+	if e.Operation() != jetstream.KeyValuePut {
+		return nil, jetstream.ErrKeyNotFound
+	}
+	return e, nil
+}
+
+// leaderEntry is a key-value entry read from the bucket's leader.
+type leaderEntry struct {
+	bucket, key string
+	m           *jetstream.RawStreamMsg
+}
+
+var _ jetstream.KeyValueEntry = leaderEntry{}
+
+func (e leaderEntry) Bucket() string     { return e.bucket }
+func (e leaderEntry) Key() string        { return e.key }
+func (e leaderEntry) Value() []byte      { return e.m.Data }
+func (e leaderEntry) Revision() uint64   { return e.m.Sequence }
+func (e leaderEntry) Created() time.Time { return e.m.Time }
+func (e leaderEntry) Delta() uint64      { return 0 }
+func (e leaderEntry) Operation() jetstream.KeyValueOp {
+	switch e.m.Header.Get("KV-Operation") {
+	case "DEL":
+		return jetstream.KeyValueDelete
+	case "PURGE":
+		return jetstream.KeyValuePurge
+	}
+	return jetstream.KeyValuePut
 }
 
 func isConflict(err error) bool {

@@ -215,3 +215,37 @@ func TestClaimArbitraryIDs(t *testing.T) {
 		})
 	}
 }
+
+// A claim the bucket has deleted reads as absent through the leader's
+// confirmation of a direct get's "not found".
+func TestAnsweredConfirmsAbsenceWithTheLeader(t *testing.T) {
+	t.Parallel()
+	b := newBroker(t, broker.Topology{})
+	ctx := testCtx(t)
+	if answered, held, err := b.Answered(ctx, "never", time.Hour); err != nil || answered || held {
+		t.Fatalf("Answered of an id never claimed = %v, %v, %v", answered, held, err)
+	}
+	c, _, err := b.Claim(ctx, "gone", 1, "w1", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if answered, held, err := b.Answered(ctx, "gone", time.Hour); err != nil || answered || !held {
+		t.Fatalf("Answered of a live claim = %v, %v, %v; want held", answered, held, err)
+	}
+	kv, err := b.JetStream().KeyValue(ctx, "CHAT_CLAIMS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Delete(ctx, "id.Z29uZQ"); err != nil { // base64url("gone")
+		t.Fatal(err)
+	}
+	if answered, held, err := b.Answered(ctx, "gone", time.Hour); err != nil || answered || held {
+		t.Fatalf("Answered of a deleted claim = %v, %v, %v; want neither", answered, held, err)
+	}
+	if err := c.Finish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if answered, _, err := b.Answered(ctx, "gone", time.Hour); err != nil || !answered {
+		t.Fatalf("Answered after Finish = %v, %v", answered, err)
+	}
+}

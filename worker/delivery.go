@@ -107,9 +107,7 @@ func (d *delivery) finish(ctx context.Context) {
 		d.p.finish(ctx, d.m.StreamSeq, d.req.ID, &d.log)
 		return
 	}
-	wctx, cancel := d.p.writeCtx(ctx)
-	defer cancel()
-	if err := c.Finish(wctx); err != nil {
+	if err := d.p.write(ctx, c.Finish); err != nil {
 		// The reply is stored; a redelivery finds it with FindReply.
 		d.log.Warn().Err(err).Msg("cannot record the request as answered")
 	}

@@ -491,3 +491,38 @@ func TestKeepAliveFollowsTheServersAckWait(t *testing.T) {
 		t.Errorf("provider called %d times, want 1", h)
 	}
 }
+
+// lostReply's first reply publish is lost (its node went down before
+// storing it; in a cluster, live listeners may have heard it): the publish
+// times out.
+type lostReply struct {
+	Broker
+	lost atomic.Bool
+}
+
+func (l *lostReply) PublishReply(ctx context.Context, conv, msgID string, r *chat.Reply) (bool, error) {
+	if l.lost.CompareAndSwap(false, true) {
+		return false, fmt.Errorf("publish reply: %w", context.DeadlineExceeded)
+	}
+	return l.Broker.PublishReply(ctx, conv, msgID, r)
+}
+
+// A reply publish that times out is retried with the same reply, not
+// answered anew: a reply heard live is never followed by another answer.
+func TestReplyPublishTimeoutRetriesTheSameReply(t *testing.T) {
+	b := newBroker(t, broker.Topology{})
+	heard := listen(t, b)
+	f := newFleet(t, "deepseek")
+	startPool(t, &lostReply{Broker: b}, f, defaultSetup())
+	publish(t, b, "c-1", request("lost-ack"), "")
+	r := waitReplies(t, b, 1)["lost-ack"]
+	settled(t, b, 10*time.Second)
+	if h := f.sim("deepseek").Hits(); h != 1 {
+		t.Errorf("provider called %d times, want 1: the same reply is published again", h)
+	}
+	for _, live := range heard.heard("lost-ack") {
+		if live.LatencyMS != r.LatencyMS || live.Deliveries != r.Deliveries {
+			t.Errorf("heard %+v live, stored %+v: two different answers", live, r.Reply)
+		}
+	}
+}

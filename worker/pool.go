@@ -265,6 +265,29 @@ func (p *Pool) writeCtx(ctx context.Context) (context.Context, context.CancelFun
 	return context.WithTimeout(context.WithoutCancel(ctx), p.writeBudget())
 }
 
+// write runs fn, a write that is safe to repeat (a publish deduplicated by
+// its Nats-Msg-Id, a put), again after a transient failure until it lands or
+// the write budget runs out. Each try gets at most an ack wait (5 s at most),
+// so a try lost in a leader election is repeated soon. Repeating the same
+// message matters: a publish whose acknowledgement was lost may have been
+// heard live, and must not be followed by a different answer.
+func (p *Pool) write(ctx context.Context, fn func(context.Context) error) error {
+	wctx, cancel := p.writeCtx(ctx)
+	defer cancel()
+	try := min(p.ackWait(), 5*time.Second)
+	for {
+		tctx, tcancel := context.WithTimeout(wctx, try)
+		err := fn(tctx)
+		tcancel()
+		if err == nil || errors.Is(err, broker.ErrUnstorable) || !sleep(wctx, writeRetryWait) {
+			return err
+		}
+	}
+}
+
+// writeRetryWait is the pause between two tries of a write.
+const writeRetryWait = 100 * time.Millisecond
+
 // claimStale is how long a claim may go without a refresh, by the server's
 // clock, before it is presumed abandoned: three ack waits, nine missed
 // refreshes. A worker cut off or stalled that long loses its requests to

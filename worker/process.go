@@ -170,9 +170,11 @@ func (d *delivery) answer(ctx context.Context, res *Result) {
 		Attempts: res.Attempts, Usage: &chat.Usage{PromptTokens: r.Usage.PromptTokens, CompletionTokens: r.Usage.CompletionTokens},
 		Deliveries: d.m.NumDelivered, QueuedMS: queuedMS(d.m.Published, d.start), LatencyMS: time.Since(d.start).Milliseconds(), Metadata: d.req.Metadata,
 	}
-	wctx, cancel := p.writeCtx(ctx)
-	dup, err := p.b.PublishReply(wctx, d.req.ConversationID, d.req.ID, reply)
-	cancel()
+	var dup bool
+	err := p.write(ctx, func(ctx context.Context) (err error) {
+		dup, err = p.b.PublishReply(ctx, d.req.ConversationID, d.req.ID, reply)
+		return err
+	})
 	switch {
 	case errors.Is(err, broker.ErrUnstorable):
 		d.giveUp(ctx, res.Attempts, chat.CodeReplyTooLarge, fmt.Sprintf("the answer of %s cannot be stored: %v", res.Provider, err))
@@ -285,15 +287,14 @@ type failure struct {
 // then the id recorded as answered, then the event. An error means a write
 // did not land; the caller keeps the request.
 func (p *Pool) deadLetter(ctx context.Context, m message, req *chat.Request, token string, f failure, log *zerolog.Logger) error {
-	wctx, cancel := p.writeCtx(ctx)
-	defer cancel()
 	validConv := chat.ValidConversationID(token)
 	deadConv := token
 	if !validConv {
 		deadConv = chat.InvalidToken
 	}
-	if err := p.b.PublishDead(wctx, m.data, broker.DeadLetter{Conv: deadConv, Code: f.code, Reason: f.reason, RequestID: req.ID,
-		Deliveries: m.deliveries, StreamSeq: m.seq, Subject: m.subject}); err != nil {
+	dl := broker.DeadLetter{Conv: deadConv, Code: f.code, Reason: f.reason, RequestID: req.ID,
+		Deliveries: m.deliveries, StreamSeq: m.seq, Subject: m.subject}
+	if err := p.write(ctx, func(ctx context.Context) error { return p.b.PublishDead(ctx, m.data, dl) }); err != nil {
 		return fmt.Errorf("store the dead letter: %w", err)
 	}
 	if validConv {
@@ -310,12 +311,16 @@ func (p *Pool) deadLetter(ctx context.Context, m message, req *chat.Request, tok
 		if reply.Attempts == nil {
 			reply.Attempts = []chat.Attempt{}
 		}
-		_, err := p.b.PublishReply(wctx, token, msgID, reply)
+		publish := func(ctx context.Context) error {
+			_, err := p.b.PublishReply(ctx, token, msgID, reply)
+			return err
+		}
+		err := p.write(ctx, publish)
 		if errors.Is(err, broker.ErrUnstorable) {
 			// Even failed, it echoes too much: a bare reply; the dead
 			// letter keeps the whole request.
 			reply.Metadata, reply.Attempts = nil, []chat.Attempt{}
-			_, err = p.b.PublishReply(wctx, token, msgID, reply)
+			err = p.write(ctx, publish)
 		}
 		if err != nil && !errors.Is(err, broker.ErrUnstorable) {
 			return fmt.Errorf("store the failed reply: %w", err)
@@ -341,9 +346,7 @@ func (p *Pool) deadLetter(ctx context.Context, m message, req *chat.Request, tok
 // finish records request id as answered, for a message whose claim this
 // process does not hold (the claim's own Finish does the same).
 func (p *Pool) finish(ctx context.Context, seq uint64, id string, log *zerolog.Logger) {
-	wctx, cancel := p.writeCtx(ctx)
-	defer cancel()
-	if err := p.b.Finish(wctx, id, seq, p.id); err != nil {
+	if err := p.write(ctx, func(ctx context.Context) error { return p.b.Finish(ctx, id, seq, p.id) }); err != nil {
 		// The reply is stored; a redelivery finds it with FindReply.
 		log.Warn().Err(err).Msg("cannot record the request as answered")
 	}
