@@ -22,8 +22,11 @@ type Report struct {
 	// Requests is the number of distinct requests (by id; by stream
 	// sequence for those whose id cannot be read) stored in the window.
 	Requests int `json:"requests"`
-	// OK and Failed count the requests of the window answered with an ok or
-	// a failed reply.
+	// OK counts the requests of the window answered with an ok reply;
+	// Failed those answered with a failed reply or, without a reply,
+	// dead-lettered (a subject token that is not a conversation id gets a
+	// dead letter and no reply). OK + Failed + Unanswered = Requests, in
+	// total and in every minute of the timeline.
 	OK     int `json:"ok"`
 	Failed int `json:"failed"`
 	// Unanswered counts the requests of the window with neither a reply nor
@@ -57,7 +60,8 @@ type Report struct {
 	// Retries counts the queued retries (the whole chain failed, the
 	// request went back to the queue) of the window's requests.
 	Retries int `json:"retries"`
-	// FailedByCode counts the failed replies by error code.
+	// FailedByCode counts the failed requests by error code (the dead
+	// letter's code for those without a reply); it sums to Failed.
 	FailedByCode map[string]int `json:"failed_by_code"`
 	// BreakerOpen lists the periods in which a provider's breaker was not
 	// closed (open or half-open) on at least one worker, overlapping the
@@ -141,7 +145,8 @@ type reqState struct {
 	replyAt int64  // reply stored, Unix ns; 0 without reply
 	seq     uint64 // stream sequence of the request
 	// what is the serving provider of an ok reply, the error code of a
-	// failed one: an index in builder.names.
+	// failed one or, without a reply, of the dead letter: an index in
+	// builder.names.
 	what     uint16
 	status   uint8
 	degraded bool
@@ -192,7 +197,7 @@ type builder struct {
 	nameIdx map[string]uint16
 
 	pendingReplies map[uint64]replyInfo // replies to invalid-<seq> not found by key
-	pendingDead    map[uint64]bool      // dead letters found by sequence only
+	pendingDead    map[uint64]string    // dead letters found by sequence only → code
 
 	attempts     map[string]map[chat.Outcome]int
 	retries      int
@@ -221,20 +226,14 @@ func Build(ctx context.Context, src Source, subj chat.Subjects, opt Options) (*R
 	if err != nil {
 		return nil, err
 	}
-	b := &builder{
-		subj: subj, opt: opt,
-		reqs:           make(map[string]reqState),
-		strings:        make(map[string]string),
-		nameIdx:        make(map[string]uint16),
-		pendingReplies: make(map[uint64]replyInfo),
-		pendingDead:    make(map[uint64]bool),
-		attempts:       make(map[string]map[chat.Outcome]int),
-		retryMinutes:   make(map[int64]int),
-		breakerInitial: make(map[string]breakerState),
-	}
+	b := newBuilder(subj, opt)
 	prog := newProgress(opt.Progress, "reading", "read")
 	conv := opt.Conversation
 	late := opt.Until.Add(ReplySlack)
+	// Replies, dead letters and events are read for every conversation even
+	// with one chosen: a request id may be answered through a message of
+	// another conversation (the same id published there), and they are
+	// matched by id.
 	scans := []struct {
 		kind, filter string
 		since, until time.Time
@@ -242,10 +241,9 @@ func Build(ctx context.Context, src Source, subj chat.Subjects, opt Options) (*R
 		needRequests bool
 	}{
 		{chat.KindRequests, pick(conv == "", subj.AllRequests(), subj.Request(conv)), opt.Since, opt.Until, b.request, false},
-		{chat.KindReplies, pick(conv == "", subj.AllReplies(), subj.Reply(conv)), opt.Since, late, b.reply, true},
-		{chat.KindDead, pick(conv == "", subj.AllDead(), subj.Dead(conv)), opt.Since, late, b.dead, true},
-		// Attempt and retry events name the conversation in their subject.
-		{chat.KindEvents, pick(conv == "", subj.AllEvents(), subj.Event("*", conv)), opt.Since, late, b.event, true},
+		{chat.KindReplies, subj.AllReplies(), opt.Since, late, b.reply, true},
+		{chat.KindDead, subj.AllDead(), opt.Since, late, b.dead, true},
+		{chat.KindEvents, subj.AllEvents(), opt.Since, late, b.event, true},
 		// Breaker events from the start, to know each breaker's state at Since.
 		{chat.KindEvents, subj.Event(chat.EventBreaker, "*"), time.Time{}, late, b.breaker, false},
 	}
@@ -267,6 +265,20 @@ func Build(ctx context.Context, src Source, subj chat.Subjects, opt Options) (*R
 	r := b.report()
 	prog.end(fmt.Sprintf("%d requests in the window", r.Requests))
 	return r, nil
+}
+
+func newBuilder(subj chat.Subjects, opt Options) *builder {
+	return &builder{
+		subj: subj, opt: opt,
+		reqs:           make(map[string]reqState),
+		strings:        make(map[string]string),
+		nameIdx:        make(map[string]uint16),
+		pendingReplies: make(map[uint64]replyInfo),
+		pendingDead:    make(map[uint64]string),
+		attempts:       make(map[string]map[chat.Outcome]int),
+		retryMinutes:   make(map[int64]int),
+		breakerInitial: make(map[string]breakerState),
+	}
 }
 
 func pick(cond bool, a, b string) string {
@@ -371,10 +383,13 @@ func (b *builder) applyReply(st *reqState, r replyInfo) {
 }
 
 func (b *builder) dead(m *broker.Stored) error {
+	code := m.Header.Get(chat.HeaderCode)
+	if code == "" {
+		code = "unknown"
+	}
 	if id := m.Header.Get(chat.HeaderRequestID); id != "" {
 		if st, ok := b.reqs[id]; ok {
-			st.dead = true
-			b.reqs[id] = st
+			b.reqs[id] = b.applyDead(st, code)
 			return nil
 		}
 	}
@@ -383,12 +398,21 @@ func (b *builder) dead(m *broker.Stored) error {
 		return nil // not a dead letter Understudy wrote
 	}
 	if st, ok := b.reqs[invalidKey(seq)]; ok {
-		st.dead = true
-		b.reqs[invalidKey(seq)] = st
+		b.reqs[invalidKey(seq)] = b.applyDead(st, code)
 		return nil
 	}
-	b.pendingDead[seq] = true
+	b.pendingDead[seq] = code
 	return nil
+}
+
+// applyDead marks a request dead-lettered; without a reply, it is failed
+// with the dead letter's code.
+func (b *builder) applyDead(st reqState, code string) reqState {
+	if !st.dead && st.status == statusNone {
+		st.what = b.name(code)
+	}
+	st.dead = true
+	return st
 }
 
 func (b *builder) event(m *broker.Stored) error {
@@ -452,14 +476,16 @@ func (b *builder) report() *Report {
 	if len(b.pendingReplies) > 0 || len(b.pendingDead) > 0 {
 		for k, st := range b.reqs {
 			r, okR := b.pendingReplies[st.seq]
-			d := b.pendingDead[st.seq]
-			if !okR && !d {
+			code, okD := b.pendingDead[st.seq]
+			if !okR && !okD {
 				continue
 			}
 			if okR {
 				b.applyReply(&st, r)
 			}
-			st.dead = st.dead || d
+			if okD {
+				st = b.applyDead(st, code)
+			}
 			b.reqs[k] = st
 		}
 	}
@@ -546,8 +572,10 @@ func (b *builder) report() *Report {
 			r.Failed++
 			r.FailedByCode[b.names[st.what]]++
 			m.Failed++
-		default:
+		case statusNone:
 			if st.dead {
+				r.Failed++
+				r.FailedByCode[b.names[st.what]]++
 				m.Failed++
 			} else {
 				r.Unanswered++
