@@ -42,8 +42,11 @@ type Report struct {
 	// Attempts counts the provider attempts made for the window's requests,
 	// by provider and outcome.
 	Attempts map[string]map[chat.Outcome]int `json:"attempts"`
-	// BreakerTransitions lists every breaker state change in the window,
-	// by time.
+	// BreakerTransitions lists the changes of each provider's breaker in
+	// the window, by time, once for the pool of replicas: the first replica
+	// to record a state names the transition (who saw it first); the
+	// replicas that followed it (by their own calls or by a peer's shared
+	// verdict) are not listed again.
 	BreakerTransitions []Transition `json:"breaker_transitions"`
 	// LatencyMS is the end-to-end latency of the answered requests: reply
 	// stored time minus request stored time.
@@ -64,8 +67,9 @@ type Report struct {
 	// letter's code for those without a reply); it sums to Failed.
 	FailedByCode map[string]int `json:"failed_by_code"`
 	// BreakerOpen lists the periods in which a provider's breaker was not
-	// closed (open or half-open) on at least one worker, overlapping the
-	// window. To is omitted when it was still open at the end of the trail.
+	// closed (open or half-open) for the pool, rebuilt from the pool's
+	// transitions, overlapping the window. To is omitted when it was still
+	// open at the end of the trail.
 	BreakerOpen []OpenPeriod `json:"breaker_open"`
 	// DuplicateRequests counts request messages of the window whose id was
 	// already seen in it (the same request published twice).
@@ -80,20 +84,23 @@ type Report struct {
 	names    []string
 }
 
-// Transition is one change of a provider's breaker state, as a worker
-// recorded it.
+// Transition is one change of a provider's breaker state for the pool.
 type Transition struct {
 	At       time.Time `json:"at"`
 	Provider string    `json:"provider"`
 	// From and To are "closed", "open" or "half-open".
 	From string `json:"from"`
 	To   string `json:"to"`
-	// Worker is the worker process whose breaker changed.
+	// Worker is the worker process that recorded the new state first.
 	Worker string `json:"worker,omitempty"`
+	// Peer is true when that worker's breaker changed by a peer's shared
+	// verdict, not by its own calls (the peer's own record was lost or
+	// came later).
+	Peer bool `json:"peer,omitempty"`
 }
 
 // OpenPeriod is a time in which a provider's breaker was open or half-open
-// on at least one worker.
+// for the pool.
 type OpenPeriod struct {
 	Provider string    `json:"provider"`
 	From     time.Time `json:"from"`
@@ -172,18 +179,13 @@ type replyInfo struct {
 	stored int64
 }
 
-// breakerState is a breaker's state and, when not closed, since when.
-type breakerState struct {
-	state     string
-	openSince time.Time
-}
-
 type breakerEvent struct {
 	at       time.Time
 	stored   time.Time
 	provider string
 	worker   string
 	from, to string
+	peer     bool
 }
 
 // builder accumulates a report while the streams are read.
@@ -205,8 +207,7 @@ type builder struct {
 	dupRequests  int
 	dupReplies   int
 
-	breakerInitial map[string]breakerState // provider\x00worker → state at Since
-	breakers       []breakerEvent
+	breakers []breakerEvent // every replica's, from the start of the trail
 }
 
 // Build reads the window's requests, their replies, dead letters and events,
@@ -277,7 +278,6 @@ func newBuilder(subj chat.Subjects, opt Options) *builder {
 		pendingDead:    make(map[uint64]string),
 		attempts:       make(map[string]map[chat.Outcome]int),
 		retryMinutes:   make(map[int64]int),
-		breakerInitial: make(map[string]breakerState),
 	}
 }
 
@@ -452,22 +452,34 @@ func (b *builder) breaker(m *broker.Stored) error {
 		provider = b.subj.ConversationOf(m.Subject)
 	}
 	be := breakerEvent{at: ev.At, stored: m.Time, provider: b.intern(provider), worker: b.intern(ev.Worker),
-		from: b.intern(ev.From), to: b.intern(ev.To)}
+		from: b.intern(ev.From), to: b.intern(ev.To), peer: ev.Peer}
 	if be.at.IsZero() {
 		be.at = m.Time
 	}
-	if !b.opt.Since.IsZero() && m.Time.Before(b.opt.Since) {
-		key := be.provider + "\x00" + be.worker
-		st := b.breakerInitial[key]
-		if be.to != stateClosed && (st.state == "" || st.state == stateClosed) {
-			st.openSince = be.at
-		}
-		st.state = be.to
-		b.breakerInitial[key] = st
-		return nil
-	}
 	b.breakers = append(b.breakers, be)
 	return nil
+}
+
+// poolTransitions folds every replica's breaker events, in time order, into
+// the transitions of the pool's breaker of each provider (initially closed).
+// An event is a pool transition when it leaves the pool's state: a replica
+// moving to the state the pool is already in followed it, and a replica
+// pushed by a peer's verdict from a state the pool had left (one that was
+// behind, or started late) follows too. stored holds each transition's
+// stored time, which decides whether it is in the window.
+func (b *builder) poolTransitions() (ts []Transition, stored []time.Time) {
+	slices.SortStableFunc(b.breakers, func(x, y breakerEvent) int { return x.at.Compare(y.at) })
+	state := map[string]string{}
+	for _, e := range b.breakers {
+		cur := cmp.Or(state[e.provider], stateClosed)
+		if e.to == cur || (e.peer && e.from != cur) {
+			continue
+		}
+		state[e.provider] = e.to
+		ts = append(ts, Transition{At: e.at.UTC(), Provider: e.provider, From: cur, To: e.to, Worker: e.worker, Peer: e.peer})
+		stored = append(stored, e.stored)
+	}
+	return ts, stored
 }
 
 // report aggregates what was read.
@@ -506,11 +518,12 @@ func (b *builder) report() *Report {
 		names:              b.names,
 	}
 
-	// Breaker transitions of the window, and the periods not closed.
-	slices.SortStableFunc(b.breakers, func(x, y breakerEvent) int { return x.at.Compare(y.at) })
-	for _, e := range b.breakers {
-		if e.stored.Before(opt.Until) {
-			r.BreakerTransitions = append(r.BreakerTransitions, Transition{At: e.at.UTC(), Provider: e.provider, From: e.from, To: e.to, Worker: e.worker})
+	// The pool's breaker transitions of the window, and the periods not
+	// closed.
+	pool, stored := b.poolTransitions()
+	for i, t := range pool {
+		if !stored[i].Before(opt.Since) && stored[i].Before(opt.Until) {
+			r.BreakerTransitions = append(r.BreakerTransitions, t)
 		}
 	}
 
@@ -540,7 +553,7 @@ func (b *builder) report() *Report {
 			r.Timeline[(m-first)/60].Retries += n
 		}
 	}
-	r.BreakerOpen = b.openPeriods(end)
+	r.BreakerOpen = openPeriods(pool, opt.Since, end)
 	for i := range r.Timeline {
 		m := &r.Timeline[i]
 		from, to := m.Start, m.Start.Add(time.Minute)
@@ -593,56 +606,26 @@ func (b *builder) report() *Report {
 	return r
 }
 
-// openPeriods merges, per provider, the times any worker's breaker was not
-// closed, keeping those that overlap [Since, end).
-func (b *builder) openPeriods(end time.Time) []OpenPeriod {
-	type span struct{ from, to time.Time } // zero to: still open
-	state := make(map[string]string, len(b.breakerInitial))
-	openAt := make(map[string]time.Time)
-	perProvider := make(map[string][]span)
-	providerOf := func(key string) string { p, _, _ := strings.Cut(key, "\x00"); return p }
-	start := b.opt.Since
-	for key, s := range b.breakerInitial {
-		state[key] = s.state
-		if s.state != stateClosed {
-			openAt[key] = s.openSince
-		}
-	}
-	for _, e := range b.breakers {
-		key := e.provider + "\x00" + e.worker
-		wasOpen := state[key] != "" && state[key] != stateClosed
-		state[key] = e.to
-		switch isOpen := e.to != stateClosed; {
-		case isOpen && !wasOpen:
-			openAt[key] = e.at
-		case !isOpen && wasOpen:
-			perProvider[e.provider] = append(perProvider[e.provider], span{openAt[key], e.at})
-			delete(openAt, key)
-		}
-	}
-	for key, at := range openAt {
-		perProvider[providerOf(key)] = append(perProvider[providerOf(key)], span{at, time.Time{}})
-	}
+// openPeriods lists, per provider, the times the pool's breaker was not
+// closed, keeping those that overlap [since, end).
+func openPeriods(pool []Transition, since, end time.Time) []OpenPeriod {
 	out := []OpenPeriod{}
-	for provider, spans := range perProvider {
-		slices.SortFunc(spans, func(x, y span) int { return x.from.Compare(y.from) })
-		var merged []span
-		for _, s := range spans {
-			if n := len(merged); n > 0 && (merged[n-1].to.IsZero() || !s.from.After(merged[n-1].to)) {
-				if !merged[n-1].to.IsZero() && (s.to.IsZero() || s.to.After(merged[n-1].to)) {
-					merged[n-1].to = s.to
-				}
-				continue
-			}
-			merged = append(merged, s)
-		}
-		for _, s := range merged {
-			if (s.to.IsZero() || s.to.After(start)) && s.from.Before(end) {
-				out = append(out, OpenPeriod{Provider: provider, From: s.from.UTC(), To: s.to.UTC()})
-			}
+	open := map[string]int{} // provider → index in out of its open period
+	for _, t := range pool {
+		i, isOpen := open[t.Provider]
+		switch {
+		case !isOpen && t.To != stateClosed:
+			open[t.Provider] = len(out)
+			out = append(out, OpenPeriod{Provider: t.Provider, From: t.At})
+		case isOpen && t.To == stateClosed:
+			out[i].To = t.At
+			delete(open, t.Provider)
 		}
 	}
-	slices.SortFunc(out, func(x, y OpenPeriod) int {
+	out = slices.DeleteFunc(out, func(p OpenPeriod) bool {
+		return (!p.To.IsZero() && !p.To.After(since)) || !p.From.Before(end)
+	})
+	slices.SortStableFunc(out, func(x, y OpenPeriod) int {
 		return cmp.Or(x.From.Compare(y.From), strings.Compare(x.Provider, y.Provider))
 	})
 	return out
