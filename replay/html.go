@@ -82,6 +82,9 @@ type htmlPage struct {
 	Providers   []htmlRow
 	Outcomes    []chat.Outcome
 	Attempts    []htmlRow
+	Cost        []htmlRow
+	CostTotal   string
+	Spared      []htmlRow
 	Transitions []Transition
 	Open        []OpenPeriod
 	Latency     Latency
@@ -152,6 +155,21 @@ svg .axis { stroke: #999; stroke-width: 1; }
 {{if .Attempts}}<table>
 <tr><th>provider</th>{{range .Outcomes}}<th>{{.}}</th>{{end}}<th>total</th></tr>
 {{range .Attempts}}<tr><td>{{.Name}}</td>{{range .Cells}}<td>{{.}}</td>{{end}}</tr>
+{{end}}</table>
+{{else}}<p class="none">None.</p>
+{{end}}
+<h2>Cost</h2>
+{{if .Cost}}<table>
+<tr><th>provider</th><th>prompt tokens</th><th>completion tokens</th><th>spend</th></tr>
+{{range .Cost}}<tr><td>{{.Name}}</td>{{range .Cells}}<td>{{.}}</td>{{end}}</tr>
+{{end}}<tr><td>total</td><td></td><td></td><td>{{.CostTotal}}</td></tr>
+</table>
+{{else}}<p class="none">No tokens reported.</p>
+{{end}}
+<h2>Spared by the breakers</h2>
+{{if .Spared}}<table>
+<tr><th>provider</th><th>calls skipped while open</th><th>wait up to</th></tr>
+{{range .Spared}}<tr><td>{{.Name}}</td>{{range .Cells}}<td>{{.}}</td>{{end}}</tr>
 {{end}}</table>
 {{else}}<p class="none">None.</p>
 {{end}}
@@ -235,6 +253,15 @@ func (r *Report) WriteHTML(w io.Writer) error {
 		}
 		row.Cells = append(row.Cells, fmt.Sprint(total))
 		page.Attempts = append(page.Attempts, row)
+	}
+	page.CostTotal = money(r.Cost.Total)
+	for _, p := range providers {
+		if c, ok := r.Cost.ByProvider[p]; ok {
+			page.Cost = append(page.Cost, htmlRow{p, []string{fmt.Sprint(c.PromptTokens), fmt.Sprint(c.CompletionTokens), spendOf(c)}})
+		}
+		if sp, ok := r.Spared[p]; ok {
+			page.Spared = append(page.Spared, htmlRow{p, []string{fmt.Sprint(sp.Calls), (time.Duration(sp.WaitMS) * time.Millisecond).String()}})
+		}
 	}
 	for _, m := range r.Timeline {
 		var ok []string

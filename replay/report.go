@@ -77,6 +77,12 @@ type Report struct {
 	// DuplicateReplies counts replies beyond the first for one request id;
 	// Understudy promises 0.
 	DuplicateReplies int `json:"duplicate_replies"`
+	// Cost is the tokens of the ok replies, as their serving provider
+	// reported them, and their price.
+	Cost Cost `json:"cost"`
+	// Spared is, per provider, what its breaker spared: the calls skipped
+	// while it was open.
+	Spared map[string]Spared `json:"spared"`
 
 	// outcomes is what happened to each request id, for Compare; nil in a
 	// report read back from JSON. names resolves their reqState.what.
@@ -105,6 +111,28 @@ type OpenPeriod struct {
 	Provider string    `json:"provider"`
 	From     time.Time `json:"from"`
 	To       time.Time `json:"to,omitzero"`
+}
+
+// Cost is what the window's ok replies cost.
+type Cost struct {
+	// Total is the spend of the providers with a price.
+	Total      float64                 `json:"total"`
+	ByProvider map[string]ProviderCost `json:"by_provider"`
+}
+
+// ProviderCost is one provider's tokens and, when it has a price, spend.
+type ProviderCost struct {
+	PromptTokens     int64    `json:"prompt_tokens"`
+	CompletionTokens int64    `json:"completion_tokens"`
+	Spend            *float64 `json:"spend,omitempty"`
+}
+
+// Spared is what a provider's open breaker spared: Calls skipped, and
+// WaitMS, the time they would have waited at most (calls × the provider's
+// timeout; 0 when the timeout is unknown).
+type Spared struct {
+	Calls  int   `json:"calls"`
+	WaitMS int64 `json:"wait_ms"`
 }
 
 // Latency holds percentiles in milliseconds (nearest rank); all zero when
@@ -176,6 +204,7 @@ type replyInfo struct {
 	Error    *struct {
 		Code string `json:"code"`
 	} `json:"error"`
+	Usage  *chat.Usage `json:"usage"`
 	stored int64
 }
 
@@ -202,6 +231,7 @@ type builder struct {
 	pendingDead    map[uint64]string    // dead letters found by sequence only → code
 
 	attempts     map[string]map[chat.Outcome]int
+	tokens       map[string]*chat.Usage // serving provider → tokens of its ok replies
 	retries      int
 	retryMinutes map[int64]int // minute (Unix s) → retries
 	dupRequests  int
@@ -277,6 +307,7 @@ func newBuilder(subj chat.Subjects, opt Options) *builder {
 		pendingReplies: make(map[uint64]replyInfo),
 		pendingDead:    make(map[uint64]string),
 		attempts:       make(map[string]map[chat.Outcome]int),
+		tokens:         make(map[string]*chat.Usage),
 		retryMinutes:   make(map[int64]int),
 	}
 }
@@ -369,6 +400,16 @@ func (b *builder) applyReply(st *reqState, r replyInfo) {
 	st.replyAt = r.stored
 	if r.Status == chat.StatusOK {
 		st.status, st.what, st.degraded = statusOK, b.name(r.Provider), r.Degraded
+		if r.Usage != nil {
+			p := b.intern(r.Provider)
+			u := b.tokens[p]
+			if u == nil {
+				u = &chat.Usage{}
+				b.tokens[p] = u
+			}
+			u.PromptTokens += r.Usage.PromptTokens
+			u.CompletionTokens += r.Usage.CompletionTokens
+		}
 		return
 	}
 	st.status = statusFailed
@@ -514,8 +555,25 @@ func (b *builder) report() *Report {
 		BreakerOpen:        []OpenPeriod{},
 		DuplicateRequests:  b.dupRequests,
 		DuplicateReplies:   b.dupReplies,
+		Cost:               Cost{ByProvider: map[string]ProviderCost{}},
+		Spared:             map[string]Spared{},
 		outcomes:           b.reqs,
 		names:              b.names,
+	}
+
+	for p, u := range b.tokens {
+		c := ProviderCost{PromptTokens: u.PromptTokens, CompletionTokens: u.CompletionTokens}
+		if price := opt.Providers[p].Price; price != nil {
+			spend := price.Spend(u.PromptTokens, u.CompletionTokens)
+			c.Spend = &spend
+			r.Cost.Total += spend
+		}
+		r.Cost.ByProvider[p] = c
+	}
+	for p, byOutcome := range b.attempts {
+		if n := byOutcome[chat.OutcomeBreakerOpen]; n > 0 {
+			r.Spared[p] = Spared{Calls: n, WaitMS: int64(n) * opt.Providers[p].Timeout.Milliseconds()}
+		}
 	}
 
 	// The pool's breaker transitions of the window, and the periods not

@@ -170,6 +170,8 @@ func (r *Report) WriteText(w io.Writer) error {
 		tw.Flush()
 	}
 
+	r.writeCost(&buf, providers, nameW)
+
 	fmt.Fprintf(&buf, "\nBreaker transitions\n")
 	if len(r.BreakerTransitions) == 0 {
 		fmt.Fprintf(&buf, "  none\n")
@@ -316,4 +318,47 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	slices.Sort(keys)
 	return keys
+}
+
+// money formats a spend.
+func money(v float64) string { return fmt.Sprintf("%.4f", v) }
+
+// spendOf is a provider's spend, or "-" without a price.
+func spendOf(c ProviderCost) string {
+	if c.Spend == nil {
+		return "-"
+	}
+	return money(*c.Spend)
+}
+
+// writeCost draws the tokens and spend per provider and what the breakers
+// spared.
+func (r *Report) writeCost(buf *bytes.Buffer, providers []string, nameW int) {
+	fmt.Fprintf(buf, "\nCost (tokens of the ok replies; spend at the configured prices)\n")
+	if len(r.Cost.ByProvider) == 0 {
+		fmt.Fprintf(buf, "  none\n")
+	} else {
+		tw := tabwriter.NewWriter(buf, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintf(tw, "  %-*s\tprompt tokens\tcompletion tokens\tspend\t\n", nameW, "provider")
+		for _, p := range providers {
+			if c, ok := r.Cost.ByProvider[p]; ok {
+				fmt.Fprintf(tw, "  %-*s\t%d\t%d\t%s\t\n", nameW, p, c.PromptTokens, c.CompletionTokens, spendOf(c))
+			}
+		}
+		fmt.Fprintf(tw, "  %-*s\t\t\t%s\t\n", nameW, "total", money(r.Cost.Total))
+		tw.Flush()
+	}
+	fmt.Fprintf(buf, "\nSpared by the breakers (calls skipped while open)\n")
+	if len(r.Spared) == 0 {
+		fmt.Fprintf(buf, "  none\n")
+		return
+	}
+	tw := tabwriter.NewWriter(buf, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "  %-*s\tcalls\twait up to\t\n", nameW, "provider")
+	for _, p := range providers {
+		if sp, ok := r.Spared[p]; ok {
+			fmt.Fprintf(tw, "  %-*s\t%d\t%s\t\n", nameW, p, sp.Calls, time.Duration(sp.WaitMS)*time.Millisecond)
+		}
+	}
+	tw.Flush()
 }
