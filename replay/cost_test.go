@@ -29,7 +29,7 @@ func TestBuildCostAndSpared(t *testing.T) {
 	tr.request("c-1", "r-3")
 	tr.attempt("c-1", "r-3", "deepseek", chat.OutcomeBreakerOpen)
 	okWith("c-1", "r-3", "llama", 200_000, 100_000)
-	okWith("c-1", "r-3", "llama", 7, 7) // a duplicate reply costs nothing more
+	okWith("c-1", "r-3", "llama", 7, 7)       // a duplicate reply costs nothing more
 	okWith("c-9", "elsewhere", "llama", 9, 9) // not a request of the window
 
 	opt := replay.Options{Since: since, Providers: map[string]replay.ProviderInfo{
