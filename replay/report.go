@@ -83,6 +83,8 @@ type Report struct {
 	// Spared is, per provider, what its breaker spared: the calls skipped
 	// while it was open.
 	Spared map[string]Spared `json:"spared"`
+	// Impact is what the users felt.
+	Impact Impact `json:"impact"`
 
 	// outcomes is what happened to each request id, for Compare; nil in a
 	// report read back from JSON. names resolves their reqState.what.
@@ -111,6 +113,40 @@ type OpenPeriod struct {
 	Provider string    `json:"provider"`
 	From     time.Time `json:"from"`
 	To       time.Time `json:"to,omitzero"`
+}
+
+// Impact is what the users of the window felt.
+type Impact struct {
+	// DegradedShare is the share of ok replies served by a provider other
+	// than the first of the chain (0 to 1).
+	DegradedShare float64 `json:"degraded_share"`
+	// LatencyOpen and LatencyClosed split the end-to-end latency of the
+	// answered requests by whether the request was stored while a
+	// provider's breaker was not closed (an open period) or not.
+	LatencyOpen   Spread `json:"latency_open_ms"`
+	LatencyClosed Spread `json:"latency_closed_ms"`
+	// Queued is the requests put back on the queue at least once (the
+	// whole chain failed), and how long they were put back for in all.
+	Queued Queued `json:"queued"`
+	// FailedByCode counts the failed requests by error code (as the
+	// report's failed_by_code).
+	FailedByCode map[string]int `json:"failed_by_code"`
+}
+
+// Spread is the p50 and p99 (nearest rank) of some milliseconds and how many
+// there were; all zero when none.
+type Spread struct {
+	N   int   `json:"n"`
+	P50 int64 `json:"p50"`
+	P99 int64 `json:"p99"`
+}
+
+// Queued counts requests that waited in the queue for a retry.
+type Queued struct {
+	Requests int `json:"requests"`
+	// WaitMS spreads the total time each was put back for.
+	WaitMS Spread `json:"wait_ms"`
+	MaxMS  int64  `json:"max_ms"`
 }
 
 // Cost is what the window's ok replies cost.
@@ -158,6 +194,9 @@ type Minute struct {
 	// BreakerOpen lists the providers whose breaker was open or half-open
 	// at some time in the minute.
 	BreakerOpen []string `json:"breaker_open"`
+	// LatencyMS spreads the end-to-end latency of the minute's answered
+	// requests.
+	LatencyMS Spread `json:"latency_ms"`
 }
 
 // Breaker states as events name them.
@@ -232,6 +271,7 @@ type builder struct {
 
 	attempts     map[string]map[chat.Outcome]int
 	tokens       map[string]*chat.Usage // serving provider → tokens of its ok replies
+	queuedMS     map[string]int64       // request id → time put back for, of those put back
 	retries      int
 	retryMinutes map[int64]int // minute (Unix s) → retries
 	dupRequests  int
@@ -308,6 +348,7 @@ func newBuilder(subj chat.Subjects, opt Options) *builder {
 		pendingDead:    make(map[uint64]string),
 		attempts:       make(map[string]map[chat.Outcome]int),
 		tokens:         make(map[string]*chat.Usage),
+		queuedMS:       make(map[string]int64),
 		retryMinutes:   make(map[int64]int),
 	}
 }
@@ -477,6 +518,7 @@ func (b *builder) event(m *broker.Stored) error {
 		}
 		byOutcome[chat.Outcome(b.intern(string(ev.Outcome)))]++
 	case chat.EventRetry:
+		b.queuedMS[ev.RequestID] += max(ev.DelayMS, 0)
 		b.retries++
 		b.retryMinutes[m.Time.Truncate(time.Minute).Unix()]++
 	}
@@ -625,6 +667,8 @@ func (b *builder) report() *Report {
 
 	// Per-request outcomes.
 	lat := make([]int64, 0, len(b.reqs))
+	var latOpen, latClosed []int64
+	minuteLat := make([][]int64, len(r.Timeline))
 	for _, st := range b.reqs {
 		var m *Minute
 		if len(r.Timeline) > 0 {
@@ -657,10 +701,35 @@ func (b *builder) report() *Report {
 			r.DeadLetters++
 		}
 		if st.status != statusNone {
-			lat = append(lat, max(st.replyAt-st.at, 0)/int64(time.Millisecond))
+			ms := max(st.replyAt-st.at, 0) / int64(time.Millisecond)
+			lat = append(lat, ms)
+			if inPeriod(r.BreakerOpen, time.Unix(0, st.at)) {
+				latOpen = append(latOpen, ms)
+			} else {
+				latClosed = append(latClosed, ms)
+			}
+			if m != nil {
+				i := (minuteOf(st.at) - first) / 60
+				minuteLat[i] = append(minuteLat[i], ms)
+			}
 		}
 	}
+	for i, ms := range minuteLat {
+		r.Timeline[i].LatencyMS = spread(ms)
+	}
 	r.LatencyMS = percentiles(lat)
+	r.Impact = Impact{LatencyOpen: spread(latOpen), LatencyClosed: spread(latClosed), FailedByCode: r.FailedByCode}
+	if r.OK > 0 {
+		r.Impact.DegradedShare = float64(r.Degraded) / float64(r.OK)
+	}
+	var waits []int64
+	for _, ms := range b.queuedMS {
+		waits = append(waits, ms)
+	}
+	r.Impact.Queued = Queued{Requests: len(waits), WaitMS: spread(waits)}
+	if len(waits) > 0 {
+		r.Impact.Queued.MaxMS = slices.Max(waits)
+	}
 	return r
 }
 
@@ -694,6 +763,22 @@ func later(a, b time.Time) time.Time {
 		return b
 	}
 	return a
+}
+
+// inPeriod reports whether t falls in one of the periods.
+func inPeriod(periods []OpenPeriod, t time.Time) bool {
+	for _, p := range periods {
+		if !t.Before(p.From) && (p.To.IsZero() || t.Before(p.To)) {
+			return true
+		}
+	}
+	return false
+}
+
+// spread returns the count, p50 and p99 of ms (which it sorts).
+func spread(ms []int64) Spread {
+	l := percentiles(ms)
+	return Spread{N: len(ms), P50: l.P50, P99: l.P99}
 }
 
 // percentiles returns nearest-rank percentiles of ms (which it sorts).

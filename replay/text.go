@@ -196,6 +196,7 @@ func (r *Report) WriteText(w io.Writer) error {
 		fmt.Fprintf(&buf, "  p50 %d ms   p90 %d ms   p99 %d ms   max %d ms\n", l.P50, l.P90, l.P99, l.Max)
 	}
 
+	r.writeImpact(&buf)
 	r.writeTimeline(&buf, providers)
 	_, err := io.WriteString(w, terminalSafe(buf.String()))
 	return err
@@ -359,6 +360,46 @@ func (r *Report) writeCost(buf *bytes.Buffer, providers []string, nameW int) {
 		if sp, ok := r.Spared[p]; ok {
 			fmt.Fprintf(tw, "  %-*s\t%d\t%s\t\n", nameW, p, sp.Calls, time.Duration(sp.WaitMS)*time.Millisecond)
 		}
+	}
+	tw.Flush()
+}
+
+// impactRows are the lines of the impact on users, shared by text and HTML.
+func (r *Report) impactRows() [][2]string {
+	im := r.Impact
+	sp := func(s Spread) string {
+		if s.N == 0 {
+			return "none"
+		}
+		return fmt.Sprintf("p50 %d ms   p99 %d ms   (%d answered)", s.P50, s.P99, s.N)
+	}
+	queued := "none"
+	if q := im.Queued; q.Requests > 0 {
+		queued = fmt.Sprintf("%d requests, put back for p50 %s   p99 %s   max %s", q.Requests,
+			time.Duration(q.WaitMS.P50)*time.Millisecond, time.Duration(q.WaitMS.P99)*time.Millisecond, time.Duration(q.MaxMS)*time.Millisecond)
+	}
+	failed := "none"
+	if len(im.FailedByCode) > 0 {
+		var codes []string
+		for _, c := range sortedKeys(im.FailedByCode) {
+			codes = append(codes, fmt.Sprintf("%s %d", c, im.FailedByCode[c]))
+		}
+		failed = strings.Join(codes, ", ")
+	}
+	return [][2]string{
+		{"degraded replies", fmt.Sprintf("%.1f%% of ok", 100*im.DegradedShare)},
+		{"latency, breaker open", sp(im.LatencyOpen)},
+		{"latency, breakers closed", sp(im.LatencyClosed)},
+		{"waited in the queue", queued},
+		{"failed, by code", failed},
+	}
+}
+
+func (r *Report) writeImpact(buf *bytes.Buffer) {
+	fmt.Fprintf(buf, "\nImpact on users\n")
+	tw := tabwriter.NewWriter(buf, 0, 0, 2, ' ', 0)
+	for _, row := range r.impactRows() {
+		fmt.Fprintf(tw, "  %s\t%s\n", row[0], row[1])
 	}
 	tw.Flush()
 }
