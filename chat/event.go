@@ -54,7 +54,10 @@ type Event struct {
 	Code   string `json:"code,omitempty"`
 	Reason string `json:"reason,omitempty"`
 
-	// Breaker events.
+	// Breaker events. Peer is true when the change was imposed by a peer
+	// replica's shared verdict rather than reached by this worker's own
+	// calls.
 	From string `json:"from,omitempty"`
 	To   string `json:"to,omitempty"`
+	Peer bool   `json:"peer,omitempty"`
 }

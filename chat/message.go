@@ -72,6 +72,9 @@ type Attempt struct {
 	Outcome    Outcome `json:"outcome"`
 	StatusCode int     `json:"status_code,omitempty"`
 	LatencyMS  int64   `json:"latency_ms"`
+	// Delivery is the delivery of the request the attempt was made on
+	// (1 for the first).
+	Delivery uint64 `json:"delivery,omitempty"`
 }
 
 // Usage is the token usage the serving provider reported.

@@ -38,6 +38,21 @@ type Config struct {
 	Timeout time.Duration `yaml:"timeout"`
 	// Sim shapes a provider of kind sim. Optional.
 	Sim sim.Config `yaml:"sim"`
+	// Price is what the provider charges, for replay's cost report.
+	// Optional: without it tokens are counted and no spend.
+	Price *Price `yaml:"price"`
+}
+
+// Price is a provider's price per million tokens, in any one currency
+// (replay adds the spends of every provider up: use the same for all).
+type Price struct {
+	PromptPerMTok     float64 `yaml:"prompt_per_mtok" json:"prompt_per_mtok"`
+	CompletionPerMTok float64 `yaml:"completion_per_mtok" json:"completion_per_mtok"`
+}
+
+// Spend is the price of the given tokens.
+func (p Price) Spend(prompt, completion int64) float64 {
+	return (float64(prompt)*p.PromptPerMTok + float64(completion)*p.CompletionPerMTok) / 1e6
 }
 
 // SetDefaults fills the zero fields with their defaults.
@@ -57,6 +72,9 @@ func (c Config) Validate(key string) error {
 	}
 	if c.Timeout <= 0 {
 		return fmt.Errorf("%s.timeout: must be positive, got %s", key, c.Timeout)
+	}
+	if p := c.Price; p != nil && (p.PromptPerMTok < 0 || p.CompletionPerMTok < 0 || p.PromptPerMTok != p.PromptPerMTok || p.CompletionPerMTok != p.CompletionPerMTok) {
+		return fmt.Errorf("%s.price: prompt_per_mtok and completion_per_mtok must be non-negative numbers", key)
 	}
 	switch c.Kind {
 	case KindOpenAI:

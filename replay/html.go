@@ -16,7 +16,7 @@ import (
 const (
 	chartWidth  = 960
 	chartLeft   = 48 // at least; wider for long provider names in the lanes
-	chartRight  = 16
+	chartRight  = 48 // room for the latency axis
 	chartTop    = 16
 	chartPlot   = 260 // height of the bars' area
 	chartLane   = 16  // height of one provider's breaker lane
@@ -67,6 +67,10 @@ type chart struct {
 	Axis     svgLine
 	LaneLine []svgLine
 	Legend   []legendItem
+	// P50 and P99 are the latency lines (polyline points), LatLabels the
+	// right-hand axis in milliseconds.
+	P50, P99  string
+	LatLabels []svgText
 }
 
 type htmlRow struct {
@@ -82,6 +86,10 @@ type htmlPage struct {
 	Providers   []htmlRow
 	Outcomes    []chat.Outcome
 	Attempts    []htmlRow
+	Impact      []htmlRow
+	Cost        []htmlRow
+	CostTotal   string
+	Spared      []htmlRow
 	Transitions []Transition
 	Open        []OpenPeriod
 	Latency     Latency
@@ -129,7 +137,7 @@ svg .axis { stroke: #999; stroke-width: 1; }
 {{end}}</table>
 
 <h2>Requests per minute</h2>
-{{with .Chart}}<p class="legend">{{range .Legend}}<span><svg class="swatch" width="12" height="12"><rect width="12" height="12" fill="{{.Color}}"/></svg>{{.Name}}</span>{{end}}<span>shaded: breaker open or half-open</span></p>
+{{with .Chart}}<p class="legend">{{range .Legend}}<span><svg class="swatch" width="12" height="12"><rect width="12" height="12" fill="{{.Color}}"/></svg>{{.Name}}</span>{{end}}<span>shaded: breaker open or half-open</span><span>lines: latency p50 (solid), p99 (dashed), ms on the right</span></p>
 <svg id="timeline" viewBox="0 0 {{.W}} {{.H}}" width="100%" role="img" aria-label="requests per minute by provider, failures and breaker-open periods">
 <g class="grid-lines">{{range .Grid}}<line class="grid" x1="{{.X1}}" y1="{{.Y1}}" x2="{{.X2}}" y2="{{.Y2}}"/>{{end}}</g>
 <g class="bars">{{range .Minutes}}<g class="minute"><title>{{.Title}}</title>{{range .Rects}}<rect x="{{.X}}" y="{{.Y}}" width="{{.W}}" height="{{.H}}" fill="{{.Fill}}"/>{{end}}</g>
@@ -137,7 +145,8 @@ svg .axis { stroke: #999; stroke-width: 1; }
 <g class="breaker-shading">{{range .Shades}}<rect class="breaker-open" x="{{.Plot.X}}" y="{{.Plot.Y}}" width="{{.Plot.W}}" height="{{.Plot.H}}" fill="{{.Fill}}" fill-opacity="0.22"><title>{{.Title}}</title></rect>{{end}}</g>
 <line class="axis" x1="{{.Axis.X1}}" y1="{{.Axis.Y1}}" x2="{{.Axis.X2}}" y2="{{.Axis.Y2}}"/>
 <g class="breaker-lanes">{{range .LaneLine}}<line class="grid" x1="{{.X1}}" y1="{{.Y1}}" x2="{{.X2}}" y2="{{.Y2}}"/>{{end}}{{range .Lanes}}<text x="{{.X}}" y="{{.Y}}" text-anchor="{{.Anchor}}">{{.Text}}</text>{{end}}{{range .Shades}}<rect class="breaker-lane" x="{{.Lane.X}}" y="{{.Lane.Y}}" width="{{.Lane.W}}" height="{{.Lane.H}}" fill="{{.Fill}}" fill-opacity="0.7"><title>{{.Title}}</title></rect>{{end}}</g>
-<g class="labels">{{range .Labels}}<text x="{{.X}}" y="{{.Y}}" text-anchor="{{.Anchor}}">{{.Text}}</text>{{end}}</g>
+{{if .P99}}<g class="latency"><polyline class="latency-p99" points="{{.P99}}" fill="none" stroke="#333" stroke-width="1.5" stroke-dasharray="4 3"><title>latency p99 per minute</title></polyline><polyline class="latency-p50" points="{{.P50}}" fill="none" stroke="#333" stroke-width="1.5"><title>latency p50 per minute</title></polyline>{{range .LatLabels}}<text x="{{.X}}" y="{{.Y}}" text-anchor="{{.Anchor}}">{{.Text}}</text>{{end}}</g>
+{{end}}<g class="labels">{{range .Labels}}<text x="{{.X}}" y="{{.Y}}" text-anchor="{{.Anchor}}">{{.Text}}</text>{{end}}</g>
 </svg>
 {{else}}<p class="none">No requests in the window.</p>
 {{end}}
@@ -152,6 +161,26 @@ svg .axis { stroke: #999; stroke-width: 1; }
 {{if .Attempts}}<table>
 <tr><th>provider</th>{{range .Outcomes}}<th>{{.}}</th>{{end}}<th>total</th></tr>
 {{range .Attempts}}<tr><td>{{.Name}}</td>{{range .Cells}}<td>{{.}}</td>{{end}}</tr>
+{{end}}</table>
+{{else}}<p class="none">None.</p>
+{{end}}
+<h2>Impact on users</h2>
+<table class="impact">
+{{range .Impact}}<tr><td>{{.Name}}</td>{{range .Cells}}<td>{{.}}</td>{{end}}</tr>
+{{end}}</table>
+
+<h2>Cost</h2>
+{{if .Cost}}<table>
+<tr><th>provider</th><th>prompt tokens</th><th>completion tokens</th><th>spend</th></tr>
+{{range .Cost}}<tr><td>{{.Name}}</td>{{range .Cells}}<td>{{.}}</td>{{end}}</tr>
+{{end}}<tr><td>total</td><td></td><td></td><td>{{.CostTotal}}</td></tr>
+</table>
+{{else}}<p class="none">No tokens reported.</p>
+{{end}}
+<h2>Spared by the breakers</h2>
+{{if .Spared}}<table>
+<tr><th>provider</th><th>calls skipped while open</th><th>wait up to</th></tr>
+{{range .Spared}}<tr><td>{{.Name}}</td>{{range .Cells}}<td>{{.}}</td>{{end}}</tr>
 {{end}}</table>
 {{else}}<p class="none">None.</p>
 {{end}}
@@ -235,6 +264,18 @@ func (r *Report) WriteHTML(w io.Writer) error {
 		}
 		row.Cells = append(row.Cells, fmt.Sprint(total))
 		page.Attempts = append(page.Attempts, row)
+	}
+	for _, row := range r.impactRows() {
+		page.Impact = append(page.Impact, htmlRow{row[0], []string{row[1]}})
+	}
+	page.CostTotal = money(r.Cost.Total)
+	for _, p := range providers {
+		if c, ok := r.Cost.ByProvider[p]; ok {
+			page.Cost = append(page.Cost, htmlRow{p, []string{fmt.Sprint(c.PromptTokens), fmt.Sprint(c.CompletionTokens), spendOf(c)}})
+		}
+		if sp, ok := r.Spared[p]; ok {
+			page.Spared = append(page.Spared, htmlRow{p, []string{fmt.Sprint(sp.Calls), (time.Duration(sp.WaitMS) * time.Millisecond).String()}})
+		}
 	}
 	for _, m := range r.Timeline {
 		var ok []string
@@ -377,5 +418,26 @@ func (r *Report) chart(providers []string, color map[string]string) *chart {
 		}
 	}
 	c.Legend = append(c.Legend, legendItem{"failed", colorFailed}, legendItem{"unanswered", colorUnanswered})
+
+	// Latency lines over the bars, on their own scale (right axis).
+	latPeak := int64(0)
+	for _, m := range r.Timeline {
+		latPeak = max(latPeak, m.LatencyMS.P99)
+	}
+	if latPeak > 0 {
+		var p50, p99 []string
+		for i, m := range r.Timeline {
+			if m.LatencyMS.N == 0 {
+				continue
+			}
+			x := f1(left + slot*(float64(i)+0.5))
+			p50 = append(p50, x+","+f1(axisY-float64(m.LatencyMS.P50)*chartPlot/float64(latPeak)))
+			p99 = append(p99, x+","+f1(axisY-float64(m.LatencyMS.P99)*chartPlot/float64(latPeak)))
+		}
+		c.P50, c.P99 = strings.Join(p50, " "), strings.Join(p99, " ")
+		for _, v := range []int64{0, latPeak / 2, latPeak} {
+			c.LatLabels = append(c.LatLabels, svgText{f1(left + plotW + 2), f1(axisY - float64(v)*chartPlot/float64(latPeak) + 4), fmt.Sprint(v), "start"})
+		}
+	}
 	return c
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/understudy-ai/understudy/broker"
 	"github.com/understudy-ai/understudy/chat"
+	"github.com/understudy-ai/understudy/providers"
 )
 
 // ErrInvalidOption is wrapped by every error about invalid Options or
@@ -57,6 +58,19 @@ type Options struct {
 	// returns while the streams are read and ended with a newline.
 	// Optional: nil prints nothing.
 	Progress io.Writer
+	// Providers is what the configuration says of each provider, by name,
+	// for the cost report. Optional: a provider not in it counts tokens and
+	// skipped calls, with no spend and no wait.
+	Providers map[string]ProviderInfo
+}
+
+// ProviderInfo is what a report needs of a configured provider.
+type ProviderInfo struct {
+	// Price per million tokens. Optional: nil counts tokens and no spend.
+	Price *providers.Price
+	// Timeout bounds one attempt: the longest a call skipped while the
+	// breaker was open would have waited. Optional: zero reports no wait.
+	Timeout time.Duration
 }
 
 // normalize fills the defaults (Until = now) and validates the options.

@@ -171,7 +171,7 @@ func TestWriteJSONKeys(t *testing.T) {
 	}
 	spec := []string{"requests", "ok", "failed", "unanswered", "dead_letters", "degraded", "by_provider", "attempts",
 		"breaker_transitions", "latency_ms", "timeline"}
-	extras := []string{"since", "until", "conversation", "retries", "failed_by_code", "breaker_open", "duplicate_requests", "duplicate_replies"}
+	extras := []string{"since", "until", "conversation", "retries", "failed_by_code", "breaker_open", "duplicate_requests", "duplicate_replies", "cost", "spared", "impact"}
 	for _, tt := range []struct {
 		name   string
 		report *replay.Report
@@ -204,7 +204,7 @@ func TestWriteJSONKeys(t *testing.T) {
 			if err := json.Unmarshal(top["timeline"], &timeline); err != nil || len(timeline) == 0 {
 				t.Fatalf("timeline: %v, %d", err, len(timeline))
 			}
-			checkKeys(t, "timeline[0]", timeline[0], []string{"start", "requests", "ok", "failed", "unanswered", "retries", "breaker_open"})
+			checkKeys(t, "timeline[0]", timeline[0], []string{"start", "requests", "ok", "failed", "unanswered", "retries", "breaker_open", "latency_ms"})
 			var attempts map[string]map[string]int
 			if err := json.Unmarshal(top["attempts"], &attempts); err != nil || attempts["deepseek"]["ok"] == 0 {
 				t.Errorf("attempts %v (%v): not provider → outcome → count", attempts, err)

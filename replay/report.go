@@ -22,8 +22,11 @@ type Report struct {
 	// Requests is the number of distinct requests (by id; by stream
 	// sequence for those whose id cannot be read) stored in the window.
 	Requests int `json:"requests"`
-	// OK and Failed count the requests of the window answered with an ok or
-	// a failed reply.
+	// OK counts the requests of the window answered with an ok reply;
+	// Failed those answered with a failed reply or, without a reply,
+	// dead-lettered (a subject token that is not a conversation id gets a
+	// dead letter and no reply). OK + Failed + Unanswered = Requests, in
+	// total and in every minute of the timeline.
 	OK     int `json:"ok"`
 	Failed int `json:"failed"`
 	// Unanswered counts the requests of the window with neither a reply nor
@@ -39,8 +42,11 @@ type Report struct {
 	// Attempts counts the provider attempts made for the window's requests,
 	// by provider and outcome.
 	Attempts map[string]map[chat.Outcome]int `json:"attempts"`
-	// BreakerTransitions lists every breaker state change in the window,
-	// by time.
+	// BreakerTransitions lists the changes of each provider's breaker in
+	// the window, by time, once for the pool of replicas: the first replica
+	// to record a state names the transition (who saw it first); the
+	// replicas that followed it (by their own calls or by a peer's shared
+	// verdict) are not listed again.
 	BreakerTransitions []Transition `json:"breaker_transitions"`
 	// LatencyMS is the end-to-end latency of the answered requests: reply
 	// stored time minus request stored time.
@@ -57,11 +63,13 @@ type Report struct {
 	// Retries counts the queued retries (the whole chain failed, the
 	// request went back to the queue) of the window's requests.
 	Retries int `json:"retries"`
-	// FailedByCode counts the failed replies by error code.
+	// FailedByCode counts the failed requests by error code (the dead
+	// letter's code for those without a reply); it sums to Failed.
 	FailedByCode map[string]int `json:"failed_by_code"`
 	// BreakerOpen lists the periods in which a provider's breaker was not
-	// closed (open or half-open) on at least one worker, overlapping the
-	// window. To is omitted when it was still open at the end of the trail.
+	// closed (open or half-open) for the pool, rebuilt from the pool's
+	// transitions, overlapping the window. To is omitted when it was still
+	// open at the end of the trail.
 	BreakerOpen []OpenPeriod `json:"breaker_open"`
 	// DuplicateRequests counts request messages of the window whose id was
 	// already seen in it (the same request published twice).
@@ -69,6 +77,14 @@ type Report struct {
 	// DuplicateReplies counts replies beyond the first for one request id;
 	// Understudy promises 0.
 	DuplicateReplies int `json:"duplicate_replies"`
+	// Cost is the tokens of the ok replies, as their serving provider
+	// reported them, and their price.
+	Cost Cost `json:"cost"`
+	// Spared is, per provider, what its breaker spared: the calls skipped
+	// while it was open.
+	Spared map[string]Spared `json:"spared"`
+	// Impact is what the users felt.
+	Impact Impact `json:"impact"`
 
 	// outcomes is what happened to each request id, for Compare; nil in a
 	// report read back from JSON. names resolves their reqState.what.
@@ -76,24 +92,83 @@ type Report struct {
 	names    []string
 }
 
-// Transition is one change of a provider's breaker state, as a worker
-// recorded it.
+// Transition is one change of a provider's breaker state for the pool.
 type Transition struct {
 	At       time.Time `json:"at"`
 	Provider string    `json:"provider"`
 	// From and To are "closed", "open" or "half-open".
 	From string `json:"from"`
 	To   string `json:"to"`
-	// Worker is the worker process whose breaker changed.
+	// Worker is the worker process that recorded the new state first.
 	Worker string `json:"worker,omitempty"`
+	// Peer is true when that worker's breaker changed by a peer's shared
+	// verdict, not by its own calls (the peer's own record was lost or
+	// came later).
+	Peer bool `json:"peer,omitempty"`
 }
 
 // OpenPeriod is a time in which a provider's breaker was open or half-open
-// on at least one worker.
+// for the pool.
 type OpenPeriod struct {
 	Provider string    `json:"provider"`
 	From     time.Time `json:"from"`
 	To       time.Time `json:"to,omitzero"`
+}
+
+// Impact is what the users of the window felt.
+type Impact struct {
+	// DegradedShare is the share of ok replies served by a provider other
+	// than the first of the chain (0 to 1).
+	DegradedShare float64 `json:"degraded_share"`
+	// LatencyOpen and LatencyClosed split the end-to-end latency of the
+	// answered requests by whether the request was stored while a
+	// provider's breaker was not closed (an open period) or not.
+	LatencyOpen   Spread `json:"latency_open_ms"`
+	LatencyClosed Spread `json:"latency_closed_ms"`
+	// Queued is the requests put back on the queue at least once (the
+	// whole chain failed), and how long they were put back for in all.
+	Queued Queued `json:"queued"`
+	// FailedByCode counts the failed requests by error code (as the
+	// report's failed_by_code).
+	FailedByCode map[string]int `json:"failed_by_code"`
+}
+
+// Spread is the p50 and p99 (nearest rank) of some milliseconds and how many
+// there were; all zero when none.
+type Spread struct {
+	N   int   `json:"n"`
+	P50 int64 `json:"p50"`
+	P99 int64 `json:"p99"`
+}
+
+// Queued counts requests that waited in the queue for a retry.
+type Queued struct {
+	Requests int `json:"requests"`
+	// WaitMS spreads the total time each was put back for.
+	WaitMS Spread `json:"wait_ms"`
+	MaxMS  int64  `json:"max_ms"`
+}
+
+// Cost is what the window's ok replies cost.
+type Cost struct {
+	// Total is the spend of the providers with a price.
+	Total      float64                 `json:"total"`
+	ByProvider map[string]ProviderCost `json:"by_provider"`
+}
+
+// ProviderCost is one provider's tokens and, when it has a price, spend.
+type ProviderCost struct {
+	PromptTokens     int64    `json:"prompt_tokens"`
+	CompletionTokens int64    `json:"completion_tokens"`
+	Spend            *float64 `json:"spend,omitempty"`
+}
+
+// Spared is what a provider's open breaker spared: Calls skipped, and
+// WaitMS, the time they would have waited at most (calls × the provider's
+// timeout; 0 when the timeout is unknown).
+type Spared struct {
+	Calls  int   `json:"calls"`
+	WaitMS int64 `json:"wait_ms"`
 }
 
 // Latency holds percentiles in milliseconds (nearest rank); all zero when
@@ -119,6 +194,9 @@ type Minute struct {
 	// BreakerOpen lists the providers whose breaker was open or half-open
 	// at some time in the minute.
 	BreakerOpen []string `json:"breaker_open"`
+	// LatencyMS spreads the end-to-end latency of the minute's answered
+	// requests.
+	LatencyMS Spread `json:"latency_ms"`
 }
 
 // Breaker states as events name them.
@@ -141,7 +219,8 @@ type reqState struct {
 	replyAt int64  // reply stored, Unix ns; 0 without reply
 	seq     uint64 // stream sequence of the request
 	// what is the serving provider of an ok reply, the error code of a
-	// failed one: an index in builder.names.
+	// failed one or, without a reply, of the dead letter: an index in
+	// builder.names.
 	what     uint16
 	status   uint8
 	degraded bool
@@ -164,13 +243,8 @@ type replyInfo struct {
 	Error    *struct {
 		Code string `json:"code"`
 	} `json:"error"`
+	Usage  *chat.Usage `json:"usage"`
 	stored int64
-}
-
-// breakerState is a breaker's state and, when not closed, since when.
-type breakerState struct {
-	state     string
-	openSince time.Time
 }
 
 type breakerEvent struct {
@@ -179,6 +253,7 @@ type breakerEvent struct {
 	provider string
 	worker   string
 	from, to string
+	peer     bool
 }
 
 // builder accumulates a report while the streams are read.
@@ -192,16 +267,17 @@ type builder struct {
 	nameIdx map[string]uint16
 
 	pendingReplies map[uint64]replyInfo // replies to invalid-<seq> not found by key
-	pendingDead    map[uint64]bool      // dead letters found by sequence only
+	pendingDead    map[uint64]string    // dead letters found by sequence only → code
 
 	attempts     map[string]map[chat.Outcome]int
+	tokens       map[string]*chat.Usage // serving provider → tokens of its ok replies
+	queuedMS     map[string]int64       // request id → time put back for, of those put back
 	retries      int
 	retryMinutes map[int64]int // minute (Unix s) → retries
 	dupRequests  int
 	dupReplies   int
 
-	breakerInitial map[string]breakerState // provider\x00worker → state at Since
-	breakers       []breakerEvent
+	breakers []breakerEvent // every replica's, from the start of the trail
 }
 
 // Build reads the window's requests, their replies, dead letters and events,
@@ -221,20 +297,14 @@ func Build(ctx context.Context, src Source, subj chat.Subjects, opt Options) (*R
 	if err != nil {
 		return nil, err
 	}
-	b := &builder{
-		subj: subj, opt: opt,
-		reqs:           make(map[string]reqState),
-		strings:        make(map[string]string),
-		nameIdx:        make(map[string]uint16),
-		pendingReplies: make(map[uint64]replyInfo),
-		pendingDead:    make(map[uint64]bool),
-		attempts:       make(map[string]map[chat.Outcome]int),
-		retryMinutes:   make(map[int64]int),
-		breakerInitial: make(map[string]breakerState),
-	}
+	b := newBuilder(subj, opt)
 	prog := newProgress(opt.Progress, "reading", "read")
 	conv := opt.Conversation
 	late := opt.Until.Add(ReplySlack)
+	// Replies, dead letters and events are read for every conversation even
+	// with one chosen: a request id may be answered through a message of
+	// another conversation (the same id published there), and they are
+	// matched by id.
 	scans := []struct {
 		kind, filter string
 		since, until time.Time
@@ -242,10 +312,9 @@ func Build(ctx context.Context, src Source, subj chat.Subjects, opt Options) (*R
 		needRequests bool
 	}{
 		{chat.KindRequests, pick(conv == "", subj.AllRequests(), subj.Request(conv)), opt.Since, opt.Until, b.request, false},
-		{chat.KindReplies, pick(conv == "", subj.AllReplies(), subj.Reply(conv)), opt.Since, late, b.reply, true},
-		{chat.KindDead, pick(conv == "", subj.AllDead(), subj.Dead(conv)), opt.Since, late, b.dead, true},
-		// Attempt and retry events name the conversation in their subject.
-		{chat.KindEvents, pick(conv == "", subj.AllEvents(), subj.Event("*", conv)), opt.Since, late, b.event, true},
+		{chat.KindReplies, subj.AllReplies(), opt.Since, late, b.reply, true},
+		{chat.KindDead, subj.AllDead(), opt.Since, late, b.dead, true},
+		{chat.KindEvents, subj.AllEvents(), opt.Since, late, b.event, true},
 		// Breaker events from the start, to know each breaker's state at Since.
 		{chat.KindEvents, subj.Event(chat.EventBreaker, "*"), time.Time{}, late, b.breaker, false},
 	}
@@ -267,6 +336,21 @@ func Build(ctx context.Context, src Source, subj chat.Subjects, opt Options) (*R
 	r := b.report()
 	prog.end(fmt.Sprintf("%d requests in the window", r.Requests))
 	return r, nil
+}
+
+func newBuilder(subj chat.Subjects, opt Options) *builder {
+	return &builder{
+		subj: subj, opt: opt,
+		reqs:           make(map[string]reqState),
+		strings:        make(map[string]string),
+		nameIdx:        make(map[string]uint16),
+		pendingReplies: make(map[uint64]replyInfo),
+		pendingDead:    make(map[uint64]string),
+		attempts:       make(map[string]map[chat.Outcome]int),
+		tokens:         make(map[string]*chat.Usage),
+		queuedMS:       make(map[string]int64),
+		retryMinutes:   make(map[int64]int),
+	}
 }
 
 func pick(cond bool, a, b string) string {
@@ -357,6 +441,16 @@ func (b *builder) applyReply(st *reqState, r replyInfo) {
 	st.replyAt = r.stored
 	if r.Status == chat.StatusOK {
 		st.status, st.what, st.degraded = statusOK, b.name(r.Provider), r.Degraded
+		if r.Usage != nil {
+			p := b.intern(r.Provider)
+			u := b.tokens[p]
+			if u == nil {
+				u = &chat.Usage{}
+				b.tokens[p] = u
+			}
+			u.PromptTokens += r.Usage.PromptTokens
+			u.CompletionTokens += r.Usage.CompletionTokens
+		}
 		return
 	}
 	st.status = statusFailed
@@ -371,10 +465,13 @@ func (b *builder) applyReply(st *reqState, r replyInfo) {
 }
 
 func (b *builder) dead(m *broker.Stored) error {
+	code := m.Header.Get(chat.HeaderCode)
+	if code == "" {
+		code = "unknown"
+	}
 	if id := m.Header.Get(chat.HeaderRequestID); id != "" {
 		if st, ok := b.reqs[id]; ok {
-			st.dead = true
-			b.reqs[id] = st
+			b.reqs[id] = b.applyDead(st, code)
 			return nil
 		}
 	}
@@ -383,12 +480,21 @@ func (b *builder) dead(m *broker.Stored) error {
 		return nil // not a dead letter Understudy wrote
 	}
 	if st, ok := b.reqs[invalidKey(seq)]; ok {
-		st.dead = true
-		b.reqs[invalidKey(seq)] = st
+		b.reqs[invalidKey(seq)] = b.applyDead(st, code)
 		return nil
 	}
-	b.pendingDead[seq] = true
+	b.pendingDead[seq] = code
 	return nil
+}
+
+// applyDead marks a request dead-lettered; without a reply, it is failed
+// with the dead letter's code.
+func (b *builder) applyDead(st reqState, code string) reqState {
+	if !st.dead && st.status == statusNone {
+		st.what = b.name(code)
+	}
+	st.dead = true
+	return st
 }
 
 func (b *builder) event(m *broker.Stored) error {
@@ -412,6 +518,7 @@ func (b *builder) event(m *broker.Stored) error {
 		}
 		byOutcome[chat.Outcome(b.intern(string(ev.Outcome)))]++
 	case chat.EventRetry:
+		b.queuedMS[ev.RequestID] += max(ev.DelayMS, 0)
 		b.retries++
 		b.retryMinutes[m.Time.Truncate(time.Minute).Unix()]++
 	}
@@ -428,22 +535,34 @@ func (b *builder) breaker(m *broker.Stored) error {
 		provider = b.subj.ConversationOf(m.Subject)
 	}
 	be := breakerEvent{at: ev.At, stored: m.Time, provider: b.intern(provider), worker: b.intern(ev.Worker),
-		from: b.intern(ev.From), to: b.intern(ev.To)}
+		from: b.intern(ev.From), to: b.intern(ev.To), peer: ev.Peer}
 	if be.at.IsZero() {
 		be.at = m.Time
 	}
-	if !b.opt.Since.IsZero() && m.Time.Before(b.opt.Since) {
-		key := be.provider + "\x00" + be.worker
-		st := b.breakerInitial[key]
-		if be.to != stateClosed && (st.state == "" || st.state == stateClosed) {
-			st.openSince = be.at
-		}
-		st.state = be.to
-		b.breakerInitial[key] = st
-		return nil
-	}
 	b.breakers = append(b.breakers, be)
 	return nil
+}
+
+// poolTransitions folds every replica's breaker events, in time order, into
+// the transitions of the pool's breaker of each provider (initially closed).
+// An event is a pool transition when it leaves the pool's state: a replica
+// moving to the state the pool is already in followed it, and a replica
+// pushed by a peer's verdict from a state the pool had left (one that was
+// behind, or started late) follows too. stored holds each transition's
+// stored time, which decides whether it is in the window.
+func (b *builder) poolTransitions() (ts []Transition, stored []time.Time) {
+	slices.SortStableFunc(b.breakers, func(x, y breakerEvent) int { return x.at.Compare(y.at) })
+	state := map[string]string{}
+	for _, e := range b.breakers {
+		cur := cmp.Or(state[e.provider], stateClosed)
+		if e.to == cur || (e.peer && e.from != cur) {
+			continue
+		}
+		state[e.provider] = e.to
+		ts = append(ts, Transition{At: e.at.UTC(), Provider: e.provider, From: cur, To: e.to, Worker: e.worker, Peer: e.peer})
+		stored = append(stored, e.stored)
+	}
+	return ts, stored
 }
 
 // report aggregates what was read.
@@ -452,14 +571,16 @@ func (b *builder) report() *Report {
 	if len(b.pendingReplies) > 0 || len(b.pendingDead) > 0 {
 		for k, st := range b.reqs {
 			r, okR := b.pendingReplies[st.seq]
-			d := b.pendingDead[st.seq]
-			if !okR && !d {
+			code, okD := b.pendingDead[st.seq]
+			if !okR && !okD {
 				continue
 			}
 			if okR {
 				b.applyReply(&st, r)
 			}
-			st.dead = st.dead || d
+			if okD {
+				st = b.applyDead(st, code)
+			}
 			b.reqs[k] = st
 		}
 	}
@@ -476,15 +597,33 @@ func (b *builder) report() *Report {
 		BreakerOpen:        []OpenPeriod{},
 		DuplicateRequests:  b.dupRequests,
 		DuplicateReplies:   b.dupReplies,
+		Cost:               Cost{ByProvider: map[string]ProviderCost{}},
+		Spared:             map[string]Spared{},
 		outcomes:           b.reqs,
 		names:              b.names,
 	}
 
-	// Breaker transitions of the window, and the periods not closed.
-	slices.SortStableFunc(b.breakers, func(x, y breakerEvent) int { return x.at.Compare(y.at) })
-	for _, e := range b.breakers {
-		if e.stored.Before(opt.Until) {
-			r.BreakerTransitions = append(r.BreakerTransitions, Transition{At: e.at.UTC(), Provider: e.provider, From: e.from, To: e.to, Worker: e.worker})
+	for p, u := range b.tokens {
+		c := ProviderCost{PromptTokens: u.PromptTokens, CompletionTokens: u.CompletionTokens}
+		if price := opt.Providers[p].Price; price != nil {
+			spend := price.Spend(u.PromptTokens, u.CompletionTokens)
+			c.Spend = &spend
+			r.Cost.Total += spend
+		}
+		r.Cost.ByProvider[p] = c
+	}
+	for p, byOutcome := range b.attempts {
+		if n := byOutcome[chat.OutcomeBreakerOpen]; n > 0 {
+			r.Spared[p] = Spared{Calls: n, WaitMS: int64(n) * opt.Providers[p].Timeout.Milliseconds()}
+		}
+	}
+
+	// The pool's breaker transitions of the window, and the periods not
+	// closed.
+	pool, stored := b.poolTransitions()
+	for i, t := range pool {
+		if !stored[i].Before(opt.Since) && stored[i].Before(opt.Until) {
+			r.BreakerTransitions = append(r.BreakerTransitions, t)
 		}
 	}
 
@@ -514,7 +653,7 @@ func (b *builder) report() *Report {
 			r.Timeline[(m-first)/60].Retries += n
 		}
 	}
-	r.BreakerOpen = b.openPeriods(end)
+	r.BreakerOpen = openPeriods(pool, opt.Since, end)
 	for i := range r.Timeline {
 		m := &r.Timeline[i]
 		from, to := m.Start, m.Start.Add(time.Minute)
@@ -528,6 +667,8 @@ func (b *builder) report() *Report {
 
 	// Per-request outcomes.
 	lat := make([]int64, 0, len(b.reqs))
+	var latOpen, latClosed []int64
+	minuteLat := make([][]int64, len(r.Timeline))
 	for _, st := range b.reqs {
 		var m *Minute
 		if len(r.Timeline) > 0 {
@@ -546,8 +687,10 @@ func (b *builder) report() *Report {
 			r.Failed++
 			r.FailedByCode[b.names[st.what]]++
 			m.Failed++
-		default:
+		case statusNone:
 			if st.dead {
+				r.Failed++
+				r.FailedByCode[b.names[st.what]]++
 				m.Failed++
 			} else {
 				r.Unanswered++
@@ -558,63 +701,58 @@ func (b *builder) report() *Report {
 			r.DeadLetters++
 		}
 		if st.status != statusNone {
-			lat = append(lat, max(st.replyAt-st.at, 0)/int64(time.Millisecond))
+			ms := max(st.replyAt-st.at, 0) / int64(time.Millisecond)
+			lat = append(lat, ms)
+			if inPeriod(r.BreakerOpen, time.Unix(0, st.at)) {
+				latOpen = append(latOpen, ms)
+			} else {
+				latClosed = append(latClosed, ms)
+			}
+			if m != nil {
+				i := (minuteOf(st.at) - first) / 60
+				minuteLat[i] = append(minuteLat[i], ms)
+			}
 		}
 	}
+	for i, ms := range minuteLat {
+		r.Timeline[i].LatencyMS = spread(ms)
+	}
 	r.LatencyMS = percentiles(lat)
+	r.Impact = Impact{LatencyOpen: spread(latOpen), LatencyClosed: spread(latClosed), FailedByCode: r.FailedByCode}
+	if r.OK > 0 {
+		r.Impact.DegradedShare = float64(r.Degraded) / float64(r.OK)
+	}
+	var waits []int64
+	for _, ms := range b.queuedMS {
+		waits = append(waits, ms)
+	}
+	r.Impact.Queued = Queued{Requests: len(waits), WaitMS: spread(waits)}
+	if len(waits) > 0 {
+		r.Impact.Queued.MaxMS = slices.Max(waits)
+	}
 	return r
 }
 
-// openPeriods merges, per provider, the times any worker's breaker was not
-// closed, keeping those that overlap [Since, end).
-func (b *builder) openPeriods(end time.Time) []OpenPeriod {
-	type span struct{ from, to time.Time } // zero to: still open
-	state := make(map[string]string, len(b.breakerInitial))
-	openAt := make(map[string]time.Time)
-	perProvider := make(map[string][]span)
-	providerOf := func(key string) string { p, _, _ := strings.Cut(key, "\x00"); return p }
-	start := b.opt.Since
-	for key, s := range b.breakerInitial {
-		state[key] = s.state
-		if s.state != stateClosed {
-			openAt[key] = s.openSince
-		}
-	}
-	for _, e := range b.breakers {
-		key := e.provider + "\x00" + e.worker
-		wasOpen := state[key] != "" && state[key] != stateClosed
-		state[key] = e.to
-		switch isOpen := e.to != stateClosed; {
-		case isOpen && !wasOpen:
-			openAt[key] = e.at
-		case !isOpen && wasOpen:
-			perProvider[e.provider] = append(perProvider[e.provider], span{openAt[key], e.at})
-			delete(openAt, key)
-		}
-	}
-	for key, at := range openAt {
-		perProvider[providerOf(key)] = append(perProvider[providerOf(key)], span{at, time.Time{}})
-	}
+// openPeriods lists, per provider, the times the pool's breaker was not
+// closed, keeping those that overlap [since, end).
+func openPeriods(pool []Transition, since, end time.Time) []OpenPeriod {
 	out := []OpenPeriod{}
-	for provider, spans := range perProvider {
-		slices.SortFunc(spans, func(x, y span) int { return x.from.Compare(y.from) })
-		var merged []span
-		for _, s := range spans {
-			if n := len(merged); n > 0 && (merged[n-1].to.IsZero() || !s.from.After(merged[n-1].to)) {
-				if !merged[n-1].to.IsZero() && (s.to.IsZero() || s.to.After(merged[n-1].to)) {
-					merged[n-1].to = s.to
-				}
-				continue
-			}
-			merged = append(merged, s)
-		}
-		for _, s := range merged {
-			if (s.to.IsZero() || s.to.After(start)) && s.from.Before(end) {
-				out = append(out, OpenPeriod{Provider: provider, From: s.from.UTC(), To: s.to.UTC()})
-			}
+	open := map[string]int{} // provider → index in out of its open period
+	for _, t := range pool {
+		i, isOpen := open[t.Provider]
+		switch {
+		case !isOpen && t.To != stateClosed:
+			open[t.Provider] = len(out)
+			out = append(out, OpenPeriod{Provider: t.Provider, From: t.At})
+		case isOpen && t.To == stateClosed:
+			out[i].To = t.At
+			delete(open, t.Provider)
 		}
 	}
-	slices.SortFunc(out, func(x, y OpenPeriod) int {
+	out = slices.DeleteFunc(out, func(p OpenPeriod) bool {
+		return (!p.To.IsZero() && !p.To.After(since)) || !p.From.Before(end)
+	})
+	slices.SortStableFunc(out, func(x, y OpenPeriod) int {
 		return cmp.Or(x.From.Compare(y.From), strings.Compare(x.Provider, y.Provider))
 	})
 	return out
@@ -625,6 +763,22 @@ func later(a, b time.Time) time.Time {
 		return b
 	}
 	return a
+}
+
+// inPeriod reports whether t falls in one of the periods.
+func inPeriod(periods []OpenPeriod, t time.Time) bool {
+	for _, p := range periods {
+		if !t.Before(p.From) && (p.To.IsZero() || t.Before(p.To)) {
+			return true
+		}
+	}
+	return false
+}
+
+// spread returns the count, p50 and p99 of ms (which it sorts).
+func spread(ms []int64) Spread {
+	l := percentiles(ms)
+	return Spread{N: len(ms), P50: l.P50, P99: l.P99}
 }
 
 // percentiles returns nearest-rank percentiles of ms (which it sorts).

@@ -170,6 +170,8 @@ func (r *Report) WriteText(w io.Writer) error {
 		tw.Flush()
 	}
 
+	r.writeCost(&buf, providers, nameW)
+
 	fmt.Fprintf(&buf, "\nBreaker transitions\n")
 	if len(r.BreakerTransitions) == 0 {
 		fmt.Fprintf(&buf, "  none\n")
@@ -194,6 +196,7 @@ func (r *Report) WriteText(w io.Writer) error {
 		fmt.Fprintf(&buf, "  p50 %d ms   p90 %d ms   p99 %d ms   max %d ms\n", l.P50, l.P90, l.P99, l.Max)
 	}
 
+	r.writeImpact(&buf)
 	r.writeTimeline(&buf, providers)
 	_, err := io.WriteString(w, terminalSafe(buf.String()))
 	return err
@@ -316,4 +319,87 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	slices.Sort(keys)
 	return keys
+}
+
+// money formats a spend.
+func money(v float64) string { return fmt.Sprintf("%.4f", v) }
+
+// spendOf is a provider's spend, or "-" without a price.
+func spendOf(c ProviderCost) string {
+	if c.Spend == nil {
+		return "-"
+	}
+	return money(*c.Spend)
+}
+
+// writeCost draws the tokens and spend per provider and what the breakers
+// spared.
+func (r *Report) writeCost(buf *bytes.Buffer, providers []string, nameW int) {
+	fmt.Fprintf(buf, "\nCost (tokens of the ok replies; spend at the configured prices)\n")
+	if len(r.Cost.ByProvider) == 0 {
+		fmt.Fprintf(buf, "  none\n")
+	} else {
+		tw := tabwriter.NewWriter(buf, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintf(tw, "  %-*s\tprompt tokens\tcompletion tokens\tspend\t\n", nameW, "provider")
+		for _, p := range providers {
+			if c, ok := r.Cost.ByProvider[p]; ok {
+				fmt.Fprintf(tw, "  %-*s\t%d\t%d\t%s\t\n", nameW, p, c.PromptTokens, c.CompletionTokens, spendOf(c))
+			}
+		}
+		fmt.Fprintf(tw, "  %-*s\t\t\t%s\t\n", nameW, "total", money(r.Cost.Total))
+		tw.Flush()
+	}
+	fmt.Fprintf(buf, "\nSpared by the breakers (calls skipped while open)\n")
+	if len(r.Spared) == 0 {
+		fmt.Fprintf(buf, "  none\n")
+		return
+	}
+	tw := tabwriter.NewWriter(buf, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "  %-*s\tcalls\twait up to\t\n", nameW, "provider")
+	for _, p := range providers {
+		if sp, ok := r.Spared[p]; ok {
+			fmt.Fprintf(tw, "  %-*s\t%d\t%s\t\n", nameW, p, sp.Calls, time.Duration(sp.WaitMS)*time.Millisecond)
+		}
+	}
+	tw.Flush()
+}
+
+// impactRows are the lines of the impact on users, shared by text and HTML.
+func (r *Report) impactRows() [][2]string {
+	im := r.Impact
+	sp := func(s Spread) string {
+		if s.N == 0 {
+			return "none"
+		}
+		return fmt.Sprintf("p50 %d ms   p99 %d ms   (%d answered)", s.P50, s.P99, s.N)
+	}
+	queued := "none"
+	if q := im.Queued; q.Requests > 0 {
+		queued = fmt.Sprintf("%d requests, put back for p50 %s   p99 %s   max %s", q.Requests,
+			time.Duration(q.WaitMS.P50)*time.Millisecond, time.Duration(q.WaitMS.P99)*time.Millisecond, time.Duration(q.MaxMS)*time.Millisecond)
+	}
+	failed := "none"
+	if len(im.FailedByCode) > 0 {
+		var codes []string
+		for _, c := range sortedKeys(im.FailedByCode) {
+			codes = append(codes, fmt.Sprintf("%s %d", c, im.FailedByCode[c]))
+		}
+		failed = strings.Join(codes, ", ")
+	}
+	return [][2]string{
+		{"degraded replies", fmt.Sprintf("%.1f%% of ok", 100*im.DegradedShare)},
+		{"latency, breaker open", sp(im.LatencyOpen)},
+		{"latency, breakers closed", sp(im.LatencyClosed)},
+		{"waited in the queue", queued},
+		{"failed, by code", failed},
+	}
+}
+
+func (r *Report) writeImpact(buf *bytes.Buffer) {
+	fmt.Fprintf(buf, "\nImpact on users\n")
+	tw := tabwriter.NewWriter(buf, 0, 0, 2, ' ', 0)
+	for _, row := range r.impactRows() {
+		fmt.Fprintf(tw, "  %s\t%s\n", row[0], row[1])
+	}
+	tw.Flush()
 }

@@ -50,6 +50,17 @@ func TestAllProvidersDownQueuesInsteadOfFailing(t *testing.T) {
 		if r.Status != chat.StatusOK || r.Provider != "llama" || r.Deliveries < 2 {
 			t.Errorf("%s: status %s provider %s deliveries %d, want ok from llama after redeliveries", id, r.Status, r.Provider, r.Deliveries)
 		}
+		// The reply tells why it waited: the attempts of the last
+		// AttemptDeliveries deliveries, each numbered, ending in the ok.
+		first := uint64(1)
+		if r.Deliveries > AttemptDeliveries {
+			first = r.Deliveries - AttemptDeliveries + 1
+		}
+		n := len(r.Attempts)
+		if n != 2*int(r.Deliveries-first+1) || r.Attempts[0].Delivery != first || r.Attempts[n-1].Delivery != r.Deliveries ||
+			r.Attempts[n-1].Outcome != chat.OutcomeOK {
+			t.Errorf("%s answered on delivery %d with attempts %+v, want two per delivery from %d", id, r.Deliveries, r.Attempts, first)
+		}
 	}
 }
 
@@ -182,8 +193,14 @@ func TestMaxDeliveriesExhaustsProviders(t *testing.T) {
 	if r.Status != chat.StatusFailed || r.Error.Code != chat.CodeProvidersExhausted || r.Deliveries != 3 {
 		t.Fatalf("%+v, want failed providers_exhausted after 3 deliveries", r.Reply)
 	}
-	if len(r.Attempts) != 2 || r.Attempts[0].Outcome != chat.OutcomeError || r.Attempts[1].StatusCode != 503 {
-		t.Errorf("attempts %+v, want the last ladder's two 503s", r.Attempts)
+	// Every delivery's attempts, each with its delivery number.
+	if len(r.Attempts) != 6 {
+		t.Fatalf("attempts %+v, want the three ladders' six 503s", r.Attempts)
+	}
+	for i, a := range r.Attempts {
+		if a.Outcome != chat.OutcomeError || a.StatusCode != 503 || a.Delivery != uint64(i/2+1) || a.Provider != []string{"deepseek", "llama"}[i%2] {
+			t.Errorf("attempt %d: %+v, want %s 503 on delivery %d", i, a, []string{"deepseek", "llama"}[i%2], i/2+1)
+		}
 	}
 	if h := f.sim("deepseek").Hits(); h != 3 {
 		t.Errorf("deepseek called %d times, want once per delivery (3)", h)

@@ -91,17 +91,16 @@ func (p *Pool) ID() string { return p.id }
 // BreakerChanged records a breaker transition: metric, event and log line.
 // It may block briefly (publishing the event), so call it from a goroutine
 // fed by the breakers' hooks, not from a hook itself. A transition imposed by
-// a peer replica's verdict is not recorded as an event again: the peer
-// recorded it.
+// a peer replica's verdict is recorded too, marked peer: it changes what
+// this replica does, and the peer's own record says nothing of this
+// replica's timers (a forced open half-opens here by itself). replay folds
+// the replicas' records into one transition per change of the pool.
 func (p *Pool) BreakerChanged(t breaker.Transition) {
 	p.m.breaker(t)
 	p.log.Info().Str("provider", t.Provider).Str("from", t.From.String()).Str("to", t.To.String()).
 		Bool("from_peer", t.Forced).Msg("breaker transition")
-	if t.Forced {
-		return
-	}
 	p.b.PublishEvent(&chat.Event{Type: chat.EventBreaker, At: t.At, Worker: p.id, Provider: t.Provider,
-		From: t.From.String(), To: t.To.String()}, t.Provider)
+		From: t.From.String(), To: t.To.String(), Peer: t.Forced}, t.Provider)
 }
 
 // Run pulls and processes requests until ctx ends, then drains: it stops

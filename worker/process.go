@@ -167,7 +167,7 @@ func (d *delivery) answer(ctx context.Context, res *Result) {
 	reply := &chat.Reply{
 		ID: d.req.ID, ConversationID: d.req.ConversationID, Status: chat.StatusOK,
 		Content: r.Content, Provider: res.Provider, Model: r.Model, Degraded: res.Degraded(),
-		Attempts: res.Attempts, Usage: &chat.Usage{PromptTokens: r.Usage.PromptTokens, CompletionTokens: r.Usage.CompletionTokens},
+		Attempts: d.attemptsSoFar(ctx, res.Attempts), Usage: &chat.Usage{PromptTokens: r.Usage.PromptTokens, CompletionTokens: r.Usage.CompletionTokens},
 		Deliveries: d.m.NumDelivered, QueuedMS: queuedMS(d.m.Published, d.start), LatencyMS: time.Since(d.start).Milliseconds(), Metadata: d.req.Metadata,
 	}
 	var dup bool
@@ -234,7 +234,7 @@ func (d *delivery) giveUp(ctx context.Context, attempts []chat.Attempt, code, re
 	// A refused request (invalid input, or every provider rejected it) is
 	// not recorded as answered: a corrected resend with its id is served.
 	refused := code == chat.CodeInvalidRequest
-	f := failure{code: code, reason: reason, attempts: attempts, start: d.start, markAnswered: !refused}
+	f := failure{code: code, reason: reason, attempts: d.attemptsSoFar(ctx, attempts), start: d.start, markAnswered: !refused}
 	if err := d.p.deadLetter(ctx, fromDelivery(d.m), &d.req, d.token, f, &d.log); err != nil {
 		d.log.Warn().Err(err).Msg("cannot give up on the request yet; putting it back")
 		d.release(ctx)

@@ -82,14 +82,18 @@ func demoConfig(o demoOptions) config.Config {
 	cfg.Breaker.OpenFor = o.openFor
 	cfg.Retry.Min, cfg.Retry.Max = 50*time.Millisecond, time.Second
 	cfg.Worker.RequeueMin, cfg.Worker.RequeueMax = 500*time.Millisecond, 5*time.Second
+	// Prices per million tokens (illustrative) for the closing report's cost.
 	sims := []struct {
 		name, model string
 		latency     time.Duration
-	}{{"deepseek", "deepseek-v3", 60 * time.Millisecond}, {"llama", "llama-3.3-70b", 120 * time.Millisecond}, {"qwen", "qwen-72b", 180 * time.Millisecond}}
+		price       providers.Price
+	}{{"deepseek", "deepseek-v3", 60 * time.Millisecond, providers.Price{PromptPerMTok: 0.27, CompletionPerMTok: 1.10}},
+		{"llama", "llama-3.3-70b", 120 * time.Millisecond, providers.Price{PromptPerMTok: 0.59, CompletionPerMTok: 0.79}},
+		{"qwen", "qwen-72b", 180 * time.Millisecond, providers.Price{PromptPerMTok: 0.40, CompletionPerMTok: 1.20}}}
 	cfg.Providers = nil
 	for _, s := range sims {
 		cfg.Providers = append(cfg.Providers, providers.Config{Name: s.name, Kind: providers.KindSim, Model: s.model,
-			Timeout: 2 * time.Second, Sim: sim.Config{Model: s.model, Latency: s.latency, Jitter: s.latency / 2}})
+			Timeout: 2 * time.Second, Sim: sim.Config{Model: s.model, Latency: s.latency, Jitter: s.latency / 2}, Price: &s.price})
 	}
 	return cfg
 }
@@ -275,7 +279,7 @@ func demoCheck(ctx context.Context, b *broker.Broker, subj chat.Subjects, t *dem
 // demoVerdict prints the replay report and the exactly-once verdict.
 func demoVerdict(ctx context.Context, o demoOptions, b *broker.Broker, subj chat.Subjects, c demoCounts, stdout, stderr io.Writer) int {
 	if o.report != "none" {
-		if err := demoReport(ctx, b, subj, o.report, stdout); err != nil {
+		if err := demoReport(ctx, b, subj, demoConfig(o).Providers, o.report, stdout); err != nil {
 			fmt.Fprintf(stderr, "understudy demo: replay report: %v\n", err)
 			return exitFailed
 		}

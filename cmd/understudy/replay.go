@@ -9,6 +9,7 @@ import (
 
 	"github.com/understudy-ai/understudy/broker"
 	"github.com/understudy-ai/understudy/chat"
+	"github.com/understudy-ai/understudy/providers"
 	"github.com/understudy-ai/understudy/replay"
 )
 
@@ -74,6 +75,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if !ok {
 		return exitUsage
 	}
+	opt.Providers = providerInfo(cfg.Providers)
 	b, code := dial(ctx, cfg.NATS, "understudy-replay", 5*time.Second, stderr)
 	if b == nil {
 		return code
@@ -151,9 +153,19 @@ func reportWritten(err error, out string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
+// providerInfo is what a report needs of the configured providers: prices
+// and timeouts.
+func providerInfo(list []providers.Config) map[string]replay.ProviderInfo {
+	out := make(map[string]replay.ProviderInfo, len(list))
+	for _, p := range list {
+		out[p.Name] = replay.ProviderInfo{Price: p.Price, Timeout: p.Timeout}
+	}
+	return out
+}
+
 // demoReport prints the replay report of the demo's own run.
-func demoReport(ctx context.Context, b *broker.Broker, subj chat.Subjects, format string, w io.Writer) error {
-	rep, err := replay.Build(ctx, b, subj, replay.Options{})
+func demoReport(ctx context.Context, b *broker.Broker, subj chat.Subjects, list []providers.Config, format string, w io.Writer) error {
+	rep, err := replay.Build(ctx, b, subj, replay.Options{Providers: providerInfo(list)})
 	if err != nil {
 		return err
 	}
