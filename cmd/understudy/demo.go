@@ -121,7 +121,7 @@ func demo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) int {
 	sub, err := svc.Broker.Conn().Subscribe(subj.AllReplies(), func(m *nats.Msg) {
 		var r chat.Reply
 		if json.Unmarshal(m.Data, &r) == nil {
-			tally.replied(&r)
+			tally.replied(&r, m.Data)
 		}
 	})
 	if err != nil {
@@ -298,13 +298,14 @@ func demoVerdict(ctx context.Context, o demoOptions, b *broker.Broker, subj chat
 // demoTally follows the run live from the replies subject.
 type demoTally struct {
 	mu         sync.Mutex
-	ids        map[string]int // id → replies seen live
+	ids        map[string]int // id → different replies heard live
+	first      map[string]string
 	byProvider map[string]int
 	failed     int
 }
 
 func newDemoTally() *demoTally {
-	return &demoTally{ids: map[string]int{}, byProvider: map[string]int{}}
+	return &demoTally{ids: map[string]int{}, first: map[string]string{}, byProvider: map[string]int{}}
 }
 
 func (t *demoTally) sent(id string) {
@@ -315,9 +316,18 @@ func (t *demoTally) sent(id string) {
 	}
 }
 
-func (t *demoTally) replied(r *chat.Reply) {
+// replied counts a reply heard live. A publish repeated after a lost
+// acknowledgement is heard again, byte for byte: a listener keeps the first
+// per id, so only a different answer counts twice.
+func (t *demoTally) replied(r *chat.Reply, raw []byte) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if first, ok := t.first[r.ID]; ok && first == string(raw) {
+		return
+	}
+	if _, ok := t.first[r.ID]; !ok {
+		t.first[r.ID] = string(raw)
+	}
 	t.ids[r.ID]++
 	if t.ids[r.ID] > 1 {
 		return

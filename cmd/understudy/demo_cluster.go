@@ -106,7 +106,7 @@ func demoCluster(ctx context.Context, o demoOptions, stdout, stderr io.Writer) i
 	sub, err := b.Conn().Subscribe(subj.AllReplies(), func(m *nats.Msg) {
 		var r chat.Reply
 		if json.Unmarshal(m.Data, &r) == nil {
-			tally.replied(&r)
+			tally.replied(&r, m.Data)
 		}
 	})
 	if err != nil {
