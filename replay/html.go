@@ -420,11 +420,13 @@ func (r *Report) chart(providers []string, color map[string]string) *chart {
 	c.Legend = append(c.Legend, legendItem{"failed", colorFailed}, legendItem{"unanswered", colorUnanswered})
 
 	// Latency lines over the bars, on their own scale (right axis).
-	latPeak := int64(0)
+	latPeak, answered := int64(0), false
 	for _, m := range r.Timeline {
 		latPeak = max(latPeak, m.LatencyMS.P99)
+		answered = answered || m.LatencyMS.N > 0
 	}
-	if latPeak > 0 {
+	if answered {
+		latPeak = max(latPeak, 1) // answers all under a millisecond still draw a line
 		var p50, p99 []string
 		for i, m := range r.Timeline {
 			if m.LatencyMS.N == 0 {
