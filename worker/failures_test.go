@@ -570,3 +570,24 @@ func TestPublishFailuresPutTheRequestBack(t *testing.T) {
 		t.Errorf("provider called %d times", h)
 	}
 }
+
+// The backlog an autoscaler scales on is what more workers could serve now:
+// nothing while every provider is unavailable.
+func TestServableBacklog(t *testing.T) {
+	f := newFleet(t, "deepseek", "llama")
+	s := defaultSetup()
+	chain := NewChain(testLinks(f, s), s.retry)
+	p := &Pool{chain: chain}
+	now := time.Now()
+	if got := p.servable(40, 24, now); got != 64 {
+		t.Errorf("servable with providers available = %d, want 64", got)
+	}
+	chain.Links()[0].Breaker.ForceOpen(now.Add(time.Hour))
+	if got := p.servable(40, 24, now); got != 64 {
+		t.Errorf("servable with one provider left = %d, want 64", got)
+	}
+	chain.Links()[1].Breaker.ForceOpen(now.Add(time.Hour))
+	if got := p.servable(40, 24, time.Now()); got != 0 {
+		t.Errorf("servable while every provider is open = %d, want 0", got)
+	}
+}

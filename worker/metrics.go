@@ -27,6 +27,8 @@ type Metrics struct {
 	inFlight       prometheus.Gauge
 	backlogPending prometheus.Gauge
 	backlogAck     prometheus.Gauge
+	// backlogServable is the backlog more workers could serve now.
+	backlogServable prometheus.Gauge
 	degraded       prometheus.Counter
 	deadLetters    *prometheus.CounterVec
 	breakerChanges *prometheus.CounterVec
@@ -55,6 +57,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Requests in the stream not yet delivered (workers consumer num_pending)."}),
 		backlogAck: prometheus.NewGauge(prometheus.GaugeOpts{Name: "understudy_backlog_ack_pending",
 			Help: "Requests delivered and not yet acked, queued retries included (num_ack_pending)."}),
+		backlogServable: prometheus.NewGauge(prometheus.GaugeOpts{Name: "understudy_backlog_servable",
+			Help: "The backlog more workers could serve now: pending plus ack-pending, 0 while every provider is unavailable (scale on this)."}),
 		degraded: prometheus.NewCounter(prometheus.CounterOpts{Name: "understudy_replies_degraded_total",
 			Help: "Replies served by a provider other than the primary."}),
 		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "understudy_dead_letters_total",
@@ -64,7 +68,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.requests, m.attempts, m.attemptSeconds, m.requestSeconds, m.queueWait, m.breakerState,
-			m.inFlight, m.backlogPending, m.backlogAck, m.degraded, m.deadLetters, m.breakerChanges)
+			m.inFlight, m.backlogPending, m.backlogAck, m.backlogServable, m.degraded, m.deadLetters, m.breakerChanges)
 	}
 	return m
 }

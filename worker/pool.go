@@ -305,6 +305,7 @@ func (p *Pool) watchBacklog(ctx context.Context) {
 		if err == nil {
 			p.m.backlogPending.Set(float64(pending))
 			p.m.backlogAck.Set(float64(ack))
+			p.m.backlogServable.Set(float64(p.servable(pending, ack, time.Now())))
 		}
 		select {
 		case <-ctx.Done():
@@ -312,6 +313,18 @@ func (p *Pool) watchBacklog(ctx context.Context) {
 		case <-tick.C:
 		}
 	}
+}
+
+// servable is the backlog more workers could serve now: every request
+// waiting or put back, while a provider of the chain is available; none
+// while every provider is unavailable (open breakers, Retry-After), when
+// extra workers would only wait too. An autoscaler scales on this, not on
+// the raw backlog, which grows fastest exactly then.
+func (p *Pool) servable(pending uint64, ackPending int, now time.Time) uint64 {
+	if p.chain.NextAvailable(now).After(now) {
+		return 0
+	}
+	return pending + uint64(max(ackPending, 0))
 }
 
 // requeueDelay is how long a request whose chain failed on its n-th
