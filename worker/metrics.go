@@ -29,9 +29,9 @@ type Metrics struct {
 	backlogAck     prometheus.Gauge
 	// backlogServable is the backlog more workers could serve now.
 	backlogServable prometheus.Gauge
-	degraded       prometheus.Counter
-	deadLetters    *prometheus.CounterVec
-	breakerChanges *prometheus.CounterVec
+	degraded        prometheus.Counter
+	deadLetters     *prometheus.CounterVec
+	breakerChanges  *prometheus.CounterVec
 }
 
 // NewMetrics creates the collectors and registers them on reg (nil: not
