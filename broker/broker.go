@@ -33,6 +33,9 @@ type Broker struct {
 	connErr   atomic.Pointer[string] // why the last connection attempt failed
 	closing   atomic.Bool
 	clock     Clock // nil: time.Now
+
+	// unlockStore releases the embedded server's store (nil: none).
+	unlockStore func()
 }
 
 // Connect connects to cfg.URL, or starts an embedded JetStream server when
@@ -84,11 +87,16 @@ func Connect(ctx context.Context, cfg Config, name string, log zerolog.Logger) (
 		}),
 	}
 	if cfg.URL == "" {
-		srv, err := startEmbedded(cfg)
+		unlock, err := lockStore(cfg.StoreDir)
 		if err != nil {
 			return nil, err
 		}
-		b.srv = srv
+		srv, err := startEmbedded(cfg)
+		if err != nil {
+			unlock()
+			return nil, err
+		}
+		b.srv, b.unlockStore = srv, unlock
 		if cfg.Listen == "-" {
 			opts = append(opts, nats.InProcessServer(srv))
 		}
@@ -235,6 +243,10 @@ func (b *Broker) shutdownServer() {
 	if b.srv != nil {
 		b.srv.Shutdown()
 		b.srv.WaitForShutdown()
+	}
+	if b.unlockStore != nil {
+		b.unlockStore()
+		b.unlockStore = nil
 	}
 }
 

@@ -65,6 +65,9 @@ type DeadLetter struct {
 	StreamSeq  uint64
 	// Subject the request was published on.
 	Subject string
+	// Header is the request's own headers (nil: none): kept on the dead
+	// letter under HeaderOrigPrefix, bounded by maxOrigHeaders.
+	Header nats.Header
 }
 
 // PublishDead copies the original request bytes to the dead-letter stream
@@ -73,9 +76,11 @@ type DeadLetter struct {
 //
 // The copy is the original bytes unchanged, except for a request so large
 // that bytes and headers would not fit in one NATS message: it is cut to fit
-// and the header Understudy-Truncated gives its original size.
+// and the header Understudy-Truncated gives its original size. The
+// publisher's headers are kept, prefixed (see keepOrigHeaders).
 func (b *Broker) PublishDead(ctx context.Context, data []byte, d DeadLetter) error {
 	msg := &nats.Msg{Subject: b.topo.Subjects.Dead(d.Conv), Data: data, Header: nats.Header{}}
+	keepOrigHeaders(msg.Header, d.Header)
 	if room := int(b.nc.MaxPayload()) - deadHeaderRoom; len(data) > room {
 		msg.Data = data[:max(room, 0)]
 		msg.Header.Set(chat.HeaderTruncated, strconv.Itoa(len(data)))
@@ -97,10 +102,10 @@ func (b *Broker) PublishDead(ctx context.Context, data []byte, d DeadLetter) err
 	return nil
 }
 
-// deadHeaderRoom is what a dead letter's headers may take; maxReason bounds
-// the reason header.
+// deadHeaderRoom is what a dead letter's headers may take: Understudy's own
+// and the publisher's; maxReason bounds the reason header.
 const (
-	deadHeaderRoom = 4096
+	deadHeaderRoom = 4096 + maxOrigHeaders + maxDropped
 	maxReason      = 1024
 	maxSubject     = 512
 )

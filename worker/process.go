@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 
 	"github.com/understudy-ai/understudy/broker"
@@ -265,10 +266,11 @@ type message struct {
 	subject         string
 	seq, deliveries uint64
 	published       time.Time
+	header          nats.Header // the publisher's, kept on the dead letter
 }
 
 func fromDelivery(d *broker.Delivery) message {
-	return message{data: d.Data, subject: d.Subject, seq: d.StreamSeq, deliveries: d.NumDelivered, published: d.Published}
+	return message{data: d.Data, subject: d.Subject, seq: d.StreamSeq, deliveries: d.NumDelivered, published: d.Published, header: d.Header}
 }
 
 // failure is why a request is given up on.
@@ -293,7 +295,7 @@ func (p *Pool) deadLetter(ctx context.Context, m message, req *chat.Request, tok
 		deadConv = chat.InvalidToken
 	}
 	dl := broker.DeadLetter{Conv: deadConv, Code: f.code, Reason: f.reason, RequestID: req.ID,
-		Deliveries: m.deliveries, StreamSeq: m.seq, Subject: m.subject}
+		Deliveries: m.deliveries, StreamSeq: m.seq, Subject: m.subject, Header: m.header}
 	if err := p.write(ctx, func(ctx context.Context) error { return p.b.PublishDead(ctx, m.data, dl) }); err != nil {
 		return fmt.Errorf("store the dead letter: %w", err)
 	}
@@ -389,7 +391,7 @@ func (p *Pool) maxDeliveries(ctx context.Context, seq, deliveries uint64) {
 		p.finish(ctx, seq, req.ID, &log)
 		return
 	}
-	err = p.deadLetter(ctx, message{data: m.Data, subject: m.Subject, seq: seq, deliveries: deliveries, published: m.Time}, &req, token,
+	err = p.deadLetter(ctx, message{data: m.Data, subject: m.Subject, seq: seq, deliveries: deliveries, published: m.Time, header: m.Header}, &req, token,
 		failure{code: chat.CodeProvidersExhausted, reason: fmt.Sprintf("deliveries ran out (%d) without an answer", deliveries), start: time.Now(), markAnswered: true}, &log)
 	if err != nil {
 		log.Warn().Err(err).Msg("cannot give up on a request whose deliveries ran out; leaving it as it is")

@@ -4,8 +4,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/understudy-ai/understudy/broker"
 	"github.com/understudy-ai/understudy/chat"
@@ -76,7 +79,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return exitUsage
 	}
 	opt.Providers = providerInfo(cfg.Providers)
-	b, code := dial(ctx, cfg.NATS, "understudy-replay", 5*time.Second, stderr)
+	b, code := dialReplay(ctx, cfg.NATS, stderr)
 	if b == nil {
 		return code
 	}
@@ -130,6 +133,40 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return reportWritten(err, *out, stdout, stderr)
 	}
 	return reportWritten(writeReport(rep, *format, w), *out, stdout, stderr)
+}
+
+// dialReplay connects replay like send, except that a stopped embedded
+// deployment — an empty nats.url, nothing answering at nats.listen, and a
+// store directory — is read by opening its store: a server of replay's own,
+// not listening on the network. A store held by a running server (one with
+// nats.listen "-") is refused, never opened twice.
+func dialReplay(ctx context.Context, c broker.Config, stderr io.Writer) (*broker.Broker, int) {
+	c.SetDefaults()
+	if c.URL != "" || (c.Listen != "-" && listening(c.Listen)) {
+		return dial(ctx, c, "understudy-replay", 5*time.Second, stderr)
+	}
+	if st, err := os.Stat(c.StoreDir); err != nil || !st.IsDir() {
+		fmt.Fprintf(stderr, "understudy replay: nothing answers at nats.listen %s and there is no store at nats.store_dir %s (is `understudy serve` running, or nats.url set?)\n",
+			c.Listen, c.StoreDir)
+		return nil, exitNoReply
+	}
+	b, err := broker.OpenStore(ctx, c, "understudy-replay", zerolog.Nop())
+	if err != nil {
+		fmt.Fprintf(stderr, "understudy replay: nothing answers at nats.listen %s, and reading the store directly failed: %v\n", c.Listen, err)
+		return nil, exitNoReply
+	}
+	fmt.Fprintf(stderr, "understudy replay: nothing answers at nats.listen %s: reading the store %s directly\n", c.Listen, c.StoreDir)
+	return b, exitOK
+}
+
+// listening reports whether something accepts connections at addr.
+func listening(addr string) bool {
+	conn, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return false
+	}
+	_ = conn.Close()
+	return true
 }
 
 func writeReport(rep *replay.Report, format string, w io.Writer) error {
