@@ -40,10 +40,13 @@ const (
 	// being woken, and the shortest delay it is put back with.
 	turnRecheck = 100 * time.Millisecond
 	// turnHold is how long a delivery waits in its slot while a live worker
-	// works on its conversation's head.
+	// works on its conversation's head, when it is the conversation's first
+	// waiter in this process.
 	turnHold = 2 * time.Second
-	// turnHoldQueued is how long it waits when nobody works on the head
-	// (not picked up yet, or put back to wait for a provider).
+	// turnHoldQueued is how long it waits otherwise: nobody works on the
+	// head (not picked up yet, or put back to wait for a provider), or
+	// another waiter of its conversation comes before it, so that a long
+	// queue in one conversation does not keep the slots from the others.
 	turnHoldQueued = 2 * turnRecheck
 	// turnSkips bounds how many answered requests not yet recorded as
 	// settled one look walks past.
@@ -52,12 +55,15 @@ const (
 	turnReadBudget = 5 * time.Second
 )
 
-// turns wakes the deliveries waiting for their conversation's turn.
+// turns wakes the deliveries waiting for their conversation's turn: the
+// first of each conversation (by stream sequence) when one of its requests
+// settles, the next when that one leaves. Waking them all would have every
+// waiter of a long queue look at the stream after each answer.
 type turns struct {
 	b orderBroker
 
 	mu      sync.Mutex
-	waiting map[string]map[chan struct{}]struct{}
+	waiting map[string]map[chan struct{}]uint64 // conversation → waiter → its sequence
 }
 
 // startTurns sets the order bucket up and listens for settlements; stop
@@ -72,7 +78,7 @@ func (p *Pool) startTurns(ctx context.Context) (stop func(), err error) {
 	if err := ob.SetupOrder(sctx); err != nil {
 		return nil, err
 	}
-	t := &turns{b: ob, waiting: map[string]map[chan struct{}]struct{}{}}
+	t := &turns{b: ob, waiting: map[string]map[chan struct{}]uint64{}}
 	stop, err = ob.OnSettled(t.wake)
 	if err != nil {
 		return nil, err
@@ -81,14 +87,14 @@ func (p *Pool) startTurns(ctx context.Context) (stop func(), err error) {
 	return stop, nil
 }
 
-func (t *turns) listen(conv string) chan struct{} {
+func (t *turns) listen(conv string, seq uint64) chan struct{} {
 	ch := make(chan struct{}, 1)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.waiting[conv] == nil {
-		t.waiting[conv] = map[chan struct{}]struct{}{}
+		t.waiting[conv] = map[chan struct{}]uint64{}
 	}
-	t.waiting[conv][ch] = struct{}{}
+	t.waiting[conv][ch] = seq
 	return ch
 }
 
@@ -98,13 +104,37 @@ func (t *turns) forget(conv string, ch chan struct{}) {
 	delete(t.waiting[conv], ch)
 	if len(t.waiting[conv]) == 0 {
 		delete(t.waiting, conv)
+		return
 	}
+	t.wakeFirst(conv)
 }
 
 func (t *turns) wake(conv string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for ch := range t.waiting[conv] {
+	t.wakeFirst(conv)
+}
+
+// first reports whether ch is its conversation's first waiter here.
+func (t *turns) first(conv string, ch chan struct{}) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.firstLocked(conv) == ch
+}
+
+func (t *turns) firstLocked(conv string) chan struct{} {
+	var first chan struct{}
+	var lowest uint64
+	for ch, seq := range t.waiting[conv] {
+		if first == nil || seq < lowest {
+			first, lowest = ch, seq
+		}
+	}
+	return first
+}
+
+func (t *turns) wakeFirst(conv string) {
+	if ch := t.firstLocked(conv); ch != nil {
 		select {
 		case ch <- struct{}{}:
 		default:
@@ -130,7 +160,7 @@ func (d *delivery) takeTurn(ctx context.Context) bool {
 	if t == nil || !chat.ValidConversationID(d.token) {
 		return true
 	}
-	wake := t.listen(d.token)
+	wake := t.listen(d.token, d.m.StreamSeq)
 	defer t.forget(d.token, wake)
 	log := d.p.log.With().Str("conversation_id", d.token).Uint64("stream_seq", d.m.StreamSeq).
 		Uint64("delivery", d.m.NumDelivered).Logger()
@@ -152,7 +182,8 @@ func (d *delivery) takeTurn(ctx context.Context) bool {
 			log.Info().Msg("request already settled in its conversation's order; acking")
 			_ = d.m.Ack()
 			return false
-		case v == turnHeld:
+		case v == turnHeld && t.first(d.token, wake):
+			// Next in line here: worth its slot.
 			hold = turnHold
 		}
 		if time.Since(start) >= hold {
@@ -161,7 +192,13 @@ func (d *delivery) takeTurn(ctx context.Context) bool {
 			d.putBack(delay)
 			return false
 		}
-		recheck.Reset(turnRecheck)
+		// Only a conversation's first waiter looks again unwoken (a wake-up
+		// lost to a lagging read); the others until their hold ends.
+		if t.first(d.token, wake) {
+			recheck.Reset(turnRecheck)
+		} else {
+			recheck.Reset(hold - time.Since(start))
+		}
 		select {
 		case <-wake:
 		case <-recheck.C:
