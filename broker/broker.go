@@ -28,6 +28,7 @@ type Broker struct {
 	consumer jetstream.Consumer
 	claims   jetstream.KeyValue
 	breakers jetstream.KeyValue
+	order    atomic.Pointer[orderState] // set by SetupOrder
 
 	connected atomic.Bool
 	connErr   atomic.Pointer[string] // why the last connection attempt failed

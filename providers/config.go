@@ -41,6 +41,59 @@ type Config struct {
 	// Price is what the provider charges, for replay's cost report.
 	// Optional: without it tokens are counted and no spend.
 	Price *Price `yaml:"price"`
+	// MaxTokens replaces the request's max_tokens in this provider's calls.
+	// Optional; 0, the default, sends the request's own.
+	MaxTokens int `yaml:"max_tokens"`
+	// Temperature replaces the request's temperature in this provider's
+	// calls, 0 to 2. Optional; absent, the default, sends the request's own.
+	Temperature *float64 `yaml:"temperature"`
+	// SystemSuffix is an instruction for this provider only: appended to
+	// the request's last system message after a blank line, or sent as a
+	// first system message when the request has none. Optional.
+	SystemSuffix string `yaml:"system_suffix"`
+}
+
+// Settings are a provider's own request settings, applied to every call
+// it makes (Config.MaxTokens, Temperature and SystemSuffix).
+type Settings struct {
+	MaxTokens    int
+	Temperature  *float64
+	SystemSuffix string
+}
+
+// Apply returns req as this provider sends it. req itself is left as it
+// is: the chain's other providers get it unchanged.
+func (s Settings) Apply(req *Request) *Request {
+	if s.MaxTokens == 0 && s.Temperature == nil && s.SystemSuffix == "" {
+		return req
+	}
+	out := *req
+	if s.MaxTokens > 0 {
+		out.MaxTokens = s.MaxTokens
+	}
+	if s.Temperature != nil {
+		t := *s.Temperature
+		out.Temperature = &t
+	}
+	if s.SystemSuffix != "" {
+		last := -1
+		for i, m := range req.Messages {
+			if m.Role == chat.RoleSystem {
+				last = i
+			}
+		}
+		if last < 0 {
+			out.Messages = append([]chat.Message{{Role: chat.RoleSystem, Content: s.SystemSuffix}}, req.Messages...)
+		} else {
+			out.Messages = append([]chat.Message(nil), req.Messages...)
+			out.Messages[last].Content += "\n\n" + s.SystemSuffix
+		}
+	}
+	return &out
+}
+
+func (c Config) settings() Settings {
+	return Settings{MaxTokens: c.MaxTokens, Temperature: c.Temperature, SystemSuffix: c.SystemSuffix}
 }
 
 // Price is a provider's price per million tokens, in any one currency
@@ -75,6 +128,12 @@ func (c Config) Validate(key string) error {
 	}
 	if p := c.Price; p != nil && (p.PromptPerMTok < 0 || p.CompletionPerMTok < 0 || p.PromptPerMTok != p.PromptPerMTok || p.CompletionPerMTok != p.CompletionPerMTok) {
 		return fmt.Errorf("%s.price: prompt_per_mtok and completion_per_mtok must be non-negative numbers", key)
+	}
+	if c.MaxTokens < 0 {
+		return fmt.Errorf("%s.max_tokens: must be positive (or 0: the request's own), got %d", key, c.MaxTokens)
+	}
+	if t := c.Temperature; t != nil && !(*t >= 0 && *t <= 2) {
+		return fmt.Errorf("%s.temperature: must be 0 to 2, got %v", key, *t)
 	}
 	switch c.Kind {
 	case KindOpenAI:
@@ -134,7 +193,7 @@ func Build(c Config, maxConns int) (*Built, error) {
 				return nil, fmt.Errorf("%w: environment variable %s (api_key_env of provider %s) is not set", ErrMissingKey, c.APIKeyEnv, c.Name)
 			}
 		}
-		return &Built{Provider: newOpenAI(c.Name, c.BaseURL, c.Model, key, maxConns), Timeout: c.Timeout}, nil
+		return &Built{Provider: newOpenAI(c.Name, c.BaseURL, c.Model, key, maxConns, c.settings()), Timeout: c.Timeout}, nil
 	case KindSim:
 		cfg := c.Sim
 		if cfg.Model == "" {
@@ -145,7 +204,7 @@ func Build(c Config, maxConns int) (*Built, error) {
 		if err != nil {
 			return nil, fmt.Errorf("provider %s: %w", c.Name, err)
 		}
-		return &Built{Provider: newOpenAI(c.Name, u, c.Model, "", maxConns), Timeout: c.Timeout, Sim: srv}, nil
+		return &Built{Provider: newOpenAI(c.Name, u, c.Model, "", maxConns, c.settings()), Timeout: c.Timeout, Sim: srv}, nil
 	}
 	return nil, errors.New("provider " + c.Name + ": unknown kind " + c.Kind)
 }

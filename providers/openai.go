@@ -17,6 +17,7 @@ import (
 
 type openAI struct {
 	name, model string
+	settings    Settings
 	svc         openai.ChatCompletionService
 	transport   *http.Transport
 }
@@ -27,7 +28,7 @@ var _ Provider = (*openAI)(nil)
 // retries are switched off (Understudy owns retries) and the SDK's own
 // OPENAI_* environment defaults are not read: the service is built directly,
 // with only what the configuration says.
-func newOpenAI(name, baseURL, model, apiKey string, maxConns int) *openAI {
+func newOpenAI(name, baseURL, model, apiKey string, maxConns int, settings Settings) *openAI {
 	transport := &http.Transport{
 		Proxy:               http.ProxyFromEnvironment,
 		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
@@ -47,7 +48,7 @@ func newOpenAI(name, baseURL, model, apiKey string, maxConns int) *openAI {
 	if apiKey != "" {
 		opts = append(opts, option.WithAPIKey(apiKey))
 	}
-	return &openAI{name: name, model: model, svc: openai.NewChatCompletionService(opts...), transport: transport}
+	return &openAI{name: name, model: model, settings: settings, svc: openai.NewChatCompletionService(opts...), transport: transport}
 }
 
 // Close drops the idle connections of the provider's pool.
@@ -60,6 +61,7 @@ func (p *openAI) Name() string  { return p.name }
 func (p *openAI) Model() string { return p.model }
 
 func (p *openAI) Complete(ctx context.Context, req *Request) (*Response, error) {
+	req = p.settings.Apply(req)
 	params := openai.ChatCompletionNewParams{Model: p.model}
 	for _, m := range req.Messages {
 		switch m.Role {

@@ -32,7 +32,19 @@ type Config struct {
 	// ShutdownGrace bounds how long SIGTERM waits for in-flight requests
 	// before putting them back. Default 30s.
 	ShutdownGrace time.Duration `yaml:"shutdown_grace"`
+	// Ordering "conversation" works on the requests of each conversation
+	// one at a time, in the order they were stored, across every replica;
+	// "none" or "", the default, on every request as it comes. Conversation
+	// order needs MaxDeliveries 0: a request waiting for its turn is put
+	// back, and those deliveries must not run out.
+	Ordering string `yaml:"ordering"`
 }
+
+// Orderings.
+const (
+	OrderingNone         = "none"
+	OrderingConversation = "conversation"
+)
 
 // DefaultConfig returns the defaults of every field.
 func DefaultConfig() Config {
@@ -69,6 +81,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("worker.max_metadata_bytes: must be 2 to 262144, got %d", c.MaxMetadataBytes)
 	case c.ShutdownGrace < 0:
 		return fmt.Errorf("worker.shutdown_grace: must not be negative, got %s", c.ShutdownGrace)
+	case c.Ordering != "" && c.Ordering != OrderingNone && c.Ordering != OrderingConversation:
+		return fmt.Errorf("worker.ordering: %q is not none or conversation", c.Ordering)
+	case c.Ordering == OrderingConversation && c.MaxDeliveries != 0:
+		return fmt.Errorf("worker.max_deliveries: must be 0 with ordering conversation (a request waiting for its turn is put back, and its deliveries must not run out), got %d", c.MaxDeliveries)
 	}
 	return nil
 }

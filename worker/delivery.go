@@ -35,6 +35,10 @@ type delivery struct {
 	lose    context.CancelFunc
 
 	stopKeepAlive func()
+
+	// inTurn: the request is its conversation's head (worker.ordering:
+	// conversation) until its settlement is recorded.
+	inTurn bool
 }
 
 func (p *Pool) pickUp(m *broker.Delivery) *delivery {
@@ -90,9 +94,17 @@ func (d *delivery) duplicate(why string) {
 	d.ack()
 }
 
-func (d *delivery) ack() { _ = d.m.Ack() }
+func (d *delivery) ack() {
+	if d.passTurn() {
+		_ = d.m.Ack()
+	}
+}
 
-func (d *delivery) term(reason string) { _ = d.m.Term(reason) }
+func (d *delivery) term(reason string) {
+	if d.passTurn() {
+		_ = d.m.Term(reason)
+	}
+}
 
 func (d *delivery) putBack(delay time.Duration) {
 	if err := d.m.NakWithDelay(delay); err != nil {

@@ -69,6 +69,8 @@ type Pool struct {
 	// serverAckWait is the consumer's ack wait as the server has it
 	// (nanoseconds; 0 until read): keep-alives and write budgets follow it.
 	serverAckWait atomic.Int64
+	// turns keeps per-conversation order; nil without it.
+	turns *turns
 }
 
 // New returns a pool. Wire the chain's breakers' transitions to
@@ -112,6 +114,13 @@ func (p *Pool) Run(ctx context.Context) error {
 	defer abort()
 
 	p.readAckWait(ctx)
+	if p.cfg.Ordering == OrderingConversation {
+		stopTurns, err := p.startTurns(ctx)
+		if err != nil {
+			return err
+		}
+		defer stopTurns()
+	}
 	var advisories handlers
 	stopAdv, err := p.b.OnMaxDeliveries(func(seq, deliveries uint64) {
 		if advisories.enter() {

@@ -25,6 +25,9 @@ func (p *Pool) handle(ctx context.Context, m *broker.Delivery) {
 // work takes the delivery from decoding to settlement.
 func (d *delivery) work(ctx context.Context) {
 	p := d.p
+	if !d.takeTurn(ctx) {
+		return // not its conversation's turn (worker.ordering: conversation)
+	}
 	req, err := chat.DecodeRequest(d.m.Data, d.token, p.decodeLimits())
 	d.req = req
 	if err != nil {

@@ -104,6 +104,10 @@ type Server struct {
 	once    sync.Once
 	httpSrv *http.Server
 	url     string
+
+	recMu    sync.Mutex
+	recKeep  int        // how many bodies Received keeps; 0: none
+	received []Received // the last recKeep, oldest first
 }
 
 // New returns a server for cfg, in ModeOK, its script clock started now.
@@ -184,11 +188,56 @@ func (s *Server) HitsIn(m Mode) int64 {
 }
 
 type completionRequest struct {
-	Model    string `json:"model"`
-	Messages []struct {
-		Role    string `json:"role"`
-		Content string `json:"content"`
-	} `json:"messages"`
+	Model       string    `json:"model"`
+	Messages    []Message `json:"messages"`
+	MaxTokens   *int      `json:"max_tokens"`
+	Temperature *float64  `json:"temperature"`
+}
+
+// Message is one message of a request body.
+type Message struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
+}
+
+// Received is a chat-completion request body as the server decoded it.
+type Received struct {
+	Model    string
+	Messages []Message
+	// MaxTokens and Temperature are nil when the body had none.
+	MaxTokens   *int
+	Temperature *float64
+}
+
+// Record makes the server keep the bodies of the last n chat-completion
+// requests it receives from now on (0, the default, keeps none), for
+// Received.
+func (s *Server) Record(n int) {
+	s.recMu.Lock()
+	defer s.recMu.Unlock()
+	s.recKeep = n
+	if len(s.received) > n {
+		s.received = append([]Received(nil), s.received[len(s.received)-n:]...)
+	}
+}
+
+// Received is the bodies recorded (see Record), oldest first.
+func (s *Server) Received() []Received {
+	s.recMu.Lock()
+	defer s.recMu.Unlock()
+	return append([]Received(nil), s.received...)
+}
+
+func (s *Server) record(req completionRequest) {
+	s.recMu.Lock()
+	defer s.recMu.Unlock()
+	if s.recKeep == 0 {
+		return
+	}
+	if len(s.received) == s.recKeep {
+		s.received = append(s.received[:0], s.received[1:]...)
+	}
+	s.received = append(s.received, Received(req))
 }
 
 // ServeHTTP answers chat-completion requests.
@@ -210,6 +259,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "invalid_request_error", "request body is not a chat completion request")
 		return
 	}
+	s.record(req)
 	if mode == ModeHang {
 		select {
 		case <-r.Context().Done():

@@ -790,3 +790,34 @@ func TestConcurrentUse(t *testing.T) {
 		t.Errorf("Hits() = %d, sum of HitsIn = %d; want 80", s.Hits(), sum)
 	}
 }
+
+// TestRecord: the server keeps the last n bodies it received, decoded,
+// only once asked to.
+func TestRecord(t *testing.T) {
+	s := sim.New(sim.Config{})
+	u := start(t, s)
+	c := newClient(t)
+	body := func(i int) string {
+		return fmt.Sprintf(`{"model":"m","max_tokens":%d,"messages":[{"role":"user","content":"n%d"}]}`, i, i)
+	}
+	call(t, c, http.MethodPost, u+"/chat/completions", body(0), 5*time.Second)
+	if got := s.Received(); len(got) != 0 {
+		t.Fatalf("Received() = %+v before Record, want none", got)
+	}
+	s.Record(2)
+	for i := 1; i <= 3; i++ {
+		call(t, c, http.MethodPost, u+"/chat/completions", body(i), 5*time.Second)
+	}
+	call(t, c, http.MethodPost, u+"/chat/completions", chatBody, 5*time.Second)
+	got := s.Received()
+	if len(got) != 2 {
+		t.Fatalf("Received() = %+v, want the last 2", got)
+	}
+	if got[0].MaxTokens == nil || *got[0].MaxTokens != 3 || got[0].Temperature != nil || len(got[0].Messages) != 1 || got[0].Messages[0] != (sim.Message{Role: "user", Content: "n3"}) {
+		t.Errorf("Received()[0] = %+v, want max_tokens 3, user n3, no temperature", got[0])
+	}
+	want := []sim.Message{{Role: "system", Content: "be brief"}, {Role: "user", Content: "one two three"}}
+	if got[1].Model != "m" || got[1].MaxTokens != nil || len(got[1].Messages) != 2 || got[1].Messages[0] != want[0] || got[1].Messages[1] != want[1] {
+		t.Errorf("Received()[1] = %+v, want model m, %v", got[1], want)
+	}
+}
