@@ -327,7 +327,7 @@ func TestProbeGateHearsTheOutcome(t *testing.T) {
 // and is asked again soon, not after gateRetry.
 func TestProbeGateUnreachableFailsClosed(t *testing.T) {
 	defer func(r, c time.Duration) { gateRetry, gateRecheck = r, c }(gateRetry, gateRecheck)
-	gateRetry, gateRecheck = time.Hour, 20*time.Millisecond
+	gateRetry, gateRecheck = time.Hour, 300*time.Millisecond // long enough to look in between, on a loaded machine
 	g := &gate{allow: true, unreachable: true}
 	b := New("p", Config{ConsecutiveFailures: 1, OpenFor: 20 * time.Millisecond}, nil)
 	b.SetProbeGate(g)
