@@ -118,12 +118,7 @@ func demo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) int {
 
 	subj := cfg.SubjectScheme()
 	tally := newDemoTally()
-	sub, err := svc.Broker.Conn().Subscribe(subj.AllReplies(), func(m *nats.Msg) {
-		var r chat.Reply
-		if json.Unmarshal(m.Data, &r) == nil {
-			tally.replied(&r, m.Data)
-		}
-	})
+	sub, err := tally.listen(svc.Broker.Conn(), subj)
 	if err != nil {
 		fmt.Fprintf(stderr, "understudy demo: %v\n", err)
 		return exitFailed
@@ -302,6 +297,16 @@ type demoTally struct {
 	first      map[string]string
 	byProvider map[string]int
 	failed     int
+}
+
+// listen follows the replies heard live on every reply subject.
+func (t *demoTally) listen(nc *nats.Conn, subj chat.Subjects) (*nats.Subscription, error) {
+	return nc.Subscribe(subj.AllReplies(), func(m *nats.Msg) {
+		var r chat.Reply
+		if json.Unmarshal(m.Data, &r) == nil {
+			t.replied(&r, m.Data)
+		}
+	})
 }
 
 func newDemoTally() *demoTally {

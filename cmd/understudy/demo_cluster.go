@@ -2,14 +2,12 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 
 	"github.com/understudy-ai/understudy/broker"
@@ -103,12 +101,7 @@ func demoCluster(ctx context.Context, o demoOptions, stdout, stderr io.Writer) i
 	}
 	defer b.Close()
 	tally := newDemoTally()
-	sub, err := b.Conn().Subscribe(subj.AllReplies(), func(m *nats.Msg) {
-		var r chat.Reply
-		if json.Unmarshal(m.Data, &r) == nil {
-			tally.replied(&r, m.Data)
-		}
-	})
+	sub, err := tally.listen(b.Conn(), subj)
 	if err != nil {
 		fmt.Fprintf(stderr, "understudy demo: %v\n", err)
 		return exitFailed
