@@ -45,9 +45,6 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, req completionRe
 	}
 	content, prompt := s.content(req)
 	words := splitWords(content)
-	if mode == ModeEmpty {
-		words = nil
-	}
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
@@ -57,8 +54,12 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, req completionRe
 		s.cut(w) // headers, no chunk
 		return
 	}
-	if mode == ModeGarbage {
+	switch mode {
+	case ModeGarbage:
 		_, _ = w.Write([]byte("data: <html>502 Bad Gateway</html>\n\n"))
+		return
+	case ModeEmpty: // no chunk, no finish reason
+		_, _ = w.Write([]byte("data: [DONE]\n\n"))
 		return
 	}
 	id := fmt.Sprintf("sim-%d", s.hits.Load())
