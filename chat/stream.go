@@ -28,9 +28,15 @@ type Chunk struct {
 	// says why (a provider's outcome, or "redelivered").
 	Reset  bool   `json:"reset,omitempty"`
 	Reason string `json:"reason,omitempty"`
+	// Failed names, on a reset, the provider whose answer is void (empty
+	// on a redelivery).
+	Failed string `json:"failed,omitempty"`
 	// Done marks the last message of the request's stream: the answer is
 	// whole (and stored in the replies).
 	Done bool `json:"done,omitempty"`
+	// Error is, on a last message, the code of a request given up on (its
+	// failed reply is stored); empty when the answer is whole.
+	Error string `json:"error,omitempty"`
 }
 
 // Chunk is the subject a conversation's streamed chunks are published on.

@@ -1,6 +1,7 @@
 package providers
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -38,7 +39,8 @@ type Config struct {
 	// attempt's wait for its first chunk. Default 30s.
 	Timeout time.Duration `yaml:"timeout"`
 	// StreamIdleTimeout bounds the gap between two chunks of a streamed
-	// answer: a stall that long cuts the attempt. Default 10s.
+	// answer: a stall that long cuts the attempt. Default 10s (0 is the
+	// default).
 	StreamIdleTimeout time.Duration `yaml:"stream_idle_timeout"`
 	// Sim shapes a provider of kind sim. Optional.
 	Sim sim.Config `yaml:"sim"`
@@ -124,9 +126,6 @@ func (c *Config) SetDefaults() {
 	if c.Timeout == 0 {
 		c.Timeout = 30 * time.Second
 	}
-	if c.StreamIdleTimeout == 0 {
-		c.StreamIdleTimeout = DefaultStreamIdleTimeout
-	}
 	if c.Kind == KindSim && c.Model == "" {
 		c.Model = "sim-" + c.Name
 	}
@@ -183,6 +182,24 @@ type Built struct {
 	// Sim is the in-process server behind a sim provider; nil otherwise.
 	Sim *sim.Server
 }
+
+// Stream streams the answer when the provider can (see Streamer);
+// otherwise it answers whole, in one chunk, its first chunk bounded like
+// a call.
+func (b *Built) Stream(ctx context.Context, req *Request, firstChunk time.Duration, onChunk func(string)) (*Response, error) {
+	if s, ok := b.Provider.(Streamer); ok {
+		return s.Stream(ctx, req, firstChunk, onChunk)
+	}
+	actx, cancel := context.WithTimeout(ctx, firstChunk)
+	defer cancel()
+	resp, err := b.Complete(actx, req)
+	if err == nil && resp.Content != "" {
+		onChunk(resp.Content)
+	}
+	return resp, err
+}
+
+var _ Streamer = (*Built)(nil)
 
 // Close drops the provider's idle connections and stops what it started (a
 // sim server).
