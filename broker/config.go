@@ -86,6 +86,10 @@ type Topology struct {
 	AckWait time.Duration
 	// MaxDeliveries of the workers consumer; 0 means unlimited.
 	MaxDeliveries int
+	// ChunksMaxAge is how long streamed chunks are kept. Default 10m.
+	ChunksMaxAge time.Duration
+	// ChunksStorage of the chunks' stream: "memory" (the default) or "file".
+	ChunksStorage string
 }
 
 // StreamsConfig is the "streams" section of the configuration file.
@@ -112,6 +116,11 @@ type StreamsConfig struct {
 	// protects nothing: every message that can carry the id is gone.
 	// Default 24h.
 	ClaimsTTL time.Duration `yaml:"claims_ttl"`
+	// ChunksMaxAge is how long CHAT_STREAM keeps a streamed answer's
+	// chunks for clients that resume or come late. Default 10m.
+	ChunksMaxAge time.Duration `yaml:"stream_max_age"`
+	// ChunksStorage of CHAT_STREAM: "memory" (the default) or "file".
+	ChunksStorage string `yaml:"stream_storage"`
 }
 
 // SetDefaults fills the zero fields with their defaults.
@@ -128,6 +137,12 @@ func (c *StreamsConfig) SetDefaults() {
 	if c.ClaimsTTL == 0 {
 		c.ClaimsTTL = DefaultClaimsTTL
 	}
+	if c.ChunksMaxAge == 0 {
+		c.ChunksMaxAge = DefaultChunksMaxAge
+	}
+	if c.ChunksStorage == "" {
+		c.ChunksStorage = StorageMemory
+	}
 }
 
 // Validate reports the first invalid field by its YAML key.
@@ -143,6 +158,12 @@ func (c StreamsConfig) Validate() error {
 	}
 	if c.ClaimsTTL < time.Minute {
 		return fmt.Errorf("streams.claims_ttl: must be at least 1m, got %s", c.ClaimsTTL)
+	}
+	if c.ChunksMaxAge < time.Second && c.ChunksMaxAge != 0 {
+		return fmt.Errorf("streams.stream_max_age: must be at least 1s, got %s", c.ChunksMaxAge)
+	}
+	if c.ChunksStorage != "" && c.ChunksStorage != StorageMemory && c.ChunksStorage != StorageFile {
+		return fmt.Errorf("streams.stream_storage: %q is not memory or file", c.ChunksStorage)
 	}
 	return nil
 }

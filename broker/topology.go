@@ -111,6 +111,9 @@ func (b *Broker) Setup(ctx context.Context, t Topology) error {
 	if err := b.setupBreakers(ctx, t); err != nil {
 		return err
 	}
+	if err := b.setupChunks(ctx, t); err != nil {
+		return err
+	}
 	b.topo, b.claims, b.consumer = t, kv, cons
 	return nil
 }

@@ -35,6 +35,9 @@ type Request struct {
 	Deadline time.Time `json:"deadline,omitzero"`
 	// Metadata is echoed back in the reply, untouched.
 	Metadata json.RawMessage `json:"metadata,omitempty"`
+	// Stream asks for the answer chunk by chunk on <prefix>.stream.<conv>
+	// as well (nil: worker.stream_default).
+	Stream *bool `json:"stream,omitempty"`
 }
 
 // Reply statuses.
@@ -64,6 +67,10 @@ const (
 	OutcomeRateLimited Outcome = "rate_limited"
 	OutcomeRejected    Outcome = "rejected"
 	OutcomeBreakerOpen Outcome = "breaker_open"
+	// OutcomeCut: a streamed answer failed after its first chunk (the
+	// connection cut, an error event, a stall); Attempt.Chunks says how
+	// many chunks had come.
+	OutcomeCut Outcome = "cut"
 )
 
 // Attempt is one rung of the provider ladder as the reply reports it.
@@ -75,6 +82,10 @@ type Attempt struct {
 	// Delivery is the delivery of the request the attempt was made on
 	// (1 for the first).
 	Delivery uint64 `json:"delivery,omitempty"`
+	// Chunks is how many chunks a streamed attempt had published.
+	Chunks int `json:"chunks,omitempty"`
+	// FirstChunkMS is the time from a streamed call to its first chunk.
+	FirstChunkMS int64 `json:"first_chunk_ms,omitempty"`
 }
 
 // Usage is the token usage the serving provider reported.
@@ -105,6 +116,10 @@ type Reply struct {
 	QueuedMS       int64           `json:"queued_ms"`
 	LatencyMS      int64           `json:"latency_ms"`
 	Metadata       json.RawMessage `json:"metadata,omitempty"`
+
+	// FirstChunkMS is, for a streamed answer, the time from pick-up to the
+	// first chunk published (of any attempt).
+	FirstChunkMS int64 `json:"first_chunk_ms,omitempty"`
 }
 
 // Header names Understudy sets on the messages it publishes.

@@ -1,6 +1,7 @@
 package providers
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -34,8 +35,13 @@ type Config struct {
 	// be set and non-empty when the provider is built (serve, demo), not
 	// when the file is merely read (send and replay need no keys).
 	APIKeyEnv string `yaml:"api_key_env"`
-	// Timeout bounds one attempt (connect, headers and body). Default 30s.
+	// Timeout bounds one attempt (connect, headers and body); a streamed
+	// attempt's wait for its first chunk. Default 30s.
 	Timeout time.Duration `yaml:"timeout"`
+	// StreamIdleTimeout bounds the gap between two chunks of a streamed
+	// answer: a stall that long cuts the attempt. Default 10s (0 is the
+	// default).
+	StreamIdleTimeout time.Duration `yaml:"stream_idle_timeout"`
 	// Sim shapes a provider of kind sim. Optional.
 	Sim sim.Config `yaml:"sim"`
 	// Price is what the provider charges, for replay's cost report.
@@ -59,12 +65,15 @@ type Settings struct {
 	MaxTokens    int
 	Temperature  *float64
 	SystemSuffix string
+	// StreamIdle bounds the gap between two chunks of a streamed answer
+	// (0: DefaultStreamIdleTimeout).
+	StreamIdle time.Duration
 }
 
 // Apply returns req as this provider sends it. req itself is left as it
 // is: the chain's other providers get it unchanged.
 func (s Settings) Apply(req *Request) *Request {
-	if s.MaxTokens == 0 && s.Temperature == nil && s.SystemSuffix == "" {
+	if s.MaxTokens == 0 && s.Temperature == nil && s.SystemSuffix == "" { // StreamIdle is not in the request
 		return req
 	}
 	out := *req
@@ -93,8 +102,12 @@ func (s Settings) Apply(req *Request) *Request {
 }
 
 func (c Config) settings() Settings {
-	return Settings{MaxTokens: c.MaxTokens, Temperature: c.Temperature, SystemSuffix: c.SystemSuffix}
+	return Settings{MaxTokens: c.MaxTokens, Temperature: c.Temperature, SystemSuffix: c.SystemSuffix, StreamIdle: c.StreamIdleTimeout}
 }
+
+// DefaultStreamIdleTimeout is a provider's stream_idle_timeout when the
+// configuration names none.
+const DefaultStreamIdleTimeout = 10 * time.Second
 
 // Price is a provider's price per million tokens, in any one currency
 // (replay adds the spends of every provider up: use the same for all).
@@ -125,6 +138,9 @@ func (c Config) Validate(key string) error {
 	}
 	if c.Timeout <= 0 {
 		return fmt.Errorf("%s.timeout: must be positive, got %s", key, c.Timeout)
+	}
+	if c.StreamIdleTimeout < 0 {
+		return fmt.Errorf("%s.stream_idle_timeout: must be positive, got %s", key, c.StreamIdleTimeout)
 	}
 	if p := c.Price; p != nil && (p.PromptPerMTok < 0 || p.CompletionPerMTok < 0 || p.PromptPerMTok != p.PromptPerMTok || p.CompletionPerMTok != p.CompletionPerMTok) {
 		return fmt.Errorf("%s.price: prompt_per_mtok and completion_per_mtok must be non-negative numbers", key)
@@ -166,6 +182,24 @@ type Built struct {
 	// Sim is the in-process server behind a sim provider; nil otherwise.
 	Sim *sim.Server
 }
+
+// Stream streams the answer when the provider can (see Streamer);
+// otherwise it answers whole, in one chunk, its first chunk bounded like
+// a call.
+func (b *Built) Stream(ctx context.Context, req *Request, firstChunk time.Duration, onChunk func(string)) (*Response, error) {
+	if s, ok := b.Provider.(Streamer); ok {
+		return s.Stream(ctx, req, firstChunk, onChunk)
+	}
+	actx, cancel := context.WithTimeout(ctx, firstChunk)
+	defer cancel()
+	resp, err := b.Complete(actx, req)
+	if err == nil && resp.Content != "" {
+		onChunk(resp.Content)
+	}
+	return resp, err
+}
+
+var _ Streamer = (*Built)(nil)
 
 // Close drops the provider's idle connections and stops what it started (a
 // sim server).

@@ -29,6 +29,9 @@ type Error struct {
 	// Config is true when the failure points at our configuration
 	// (401/403: a missing or wrong API key).
 	Config bool
+	// Chunks is how many chunks a streamed call delivered before it
+	// failed (outcome cut).
+	Chunks int
 	Err    error
 }
 
@@ -42,9 +45,10 @@ func (e *Error) Error() string {
 func (e *Error) Unwrap() error { return e.Err }
 
 // CountsAsFailure reports whether the breaker should count the outcome:
-// errors and timeouts do; rate limits and rejections do not (SPEC §4.4).
+// errors, timeouts and streams cut mid-answer do; rate limits and
+// rejections do not (SPEC §4.4).
 func CountsAsFailure(o chat.Outcome) bool {
-	return o == chat.OutcomeError || o == chat.OutcomeTimeout
+	return o == chat.OutcomeError || o == chat.OutcomeTimeout || o == chat.OutcomeCut
 }
 
 // ClassifyStatus turns an HTTP error status into an Error.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/openai/openai-go/v3"
@@ -20,9 +21,16 @@ type openAI struct {
 	settings    Settings
 	svc         openai.ChatCompletionService
 	transport   *http.Transport
+	// baseURL, apiKey and client serve Stream, which reads the server-sent
+	// events itself (stream.go says why).
+	baseURL, apiKey string
+	client          *http.Client
 }
 
-var _ Provider = (*openAI)(nil)
+var (
+	_ Provider = (*openAI)(nil)
+	_ Streamer = (*openAI)(nil)
+)
 
 // newOpenAI builds a client for an OpenAI-compatible endpoint. The SDK's
 // retries are switched off (Understudy owns retries) and the SDK's own
@@ -38,17 +46,19 @@ func newOpenAI(name, baseURL, model, apiKey string, maxConns int, settings Setti
 		TLSHandshakeTimeout: 10 * time.Second,
 		ForceAttemptHTTP2:   true,
 	}
+	client := &http.Client{Transport: transport}
 	opts := []option.RequestOption{
 		option.WithBaseURL(baseURL),
 		option.WithMaxRetries(0),
 		// The per-attempt timeout comes from the context the chain passes;
 		// it covers dialing, waiting for headers and reading the body.
-		option.WithHTTPClient(&http.Client{Transport: transport}),
+		option.WithHTTPClient(client),
 	}
 	if apiKey != "" {
 		opts = append(opts, option.WithAPIKey(apiKey))
 	}
-	return &openAI{name: name, model: model, settings: settings, svc: openai.NewChatCompletionService(opts...), transport: transport}
+	return &openAI{name: name, model: model, settings: settings, svc: openai.NewChatCompletionService(opts...), transport: transport,
+		baseURL: strings.TrimSuffix(baseURL, "/"), apiKey: apiKey, client: client}
 }
 
 // Close drops the idle connections of the provider's pool.

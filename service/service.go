@@ -131,7 +131,8 @@ func Start(ctx context.Context, cfg config.Config, name string, log zerolog.Logg
 func (s *Service) setup(ctx context.Context) error {
 	topo := broker.Topology{Subjects: s.cfg.SubjectScheme(), Replicas: s.cfg.Streams.Replicas,
 		RequestsMaxAge: s.cfg.Streams.RequestsMaxAge, AckWait: s.cfg.Worker.AckWait, MaxDeliveries: s.cfg.Worker.MaxDeliveries,
-		RepliesDedupWindow: s.cfg.Streams.RepliesDedupWindow, ClaimsTTL: s.cfg.Streams.ClaimsTTL}
+		RepliesDedupWindow: s.cfg.Streams.RepliesDedupWindow, ClaimsTTL: s.cfg.Streams.ClaimsTTL,
+		ChunksMaxAge: s.cfg.Streams.ChunksMaxAge, ChunksStorage: s.cfg.Streams.ChunksStorage}
 	for {
 		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err := s.Broker.Setup(sctx, topo)

@@ -116,6 +116,11 @@ func (c *Chain) NextAvailable(now time.Time) time.Time {
 // time left (the time left divided by the providers still available), so a
 // hung provider never eats the time the next one needs.
 func (c *Chain) Run(ctx context.Context, req *providers.Request, observe AttemptObserver) Result {
+	return c.run(ctx, req, observe, nil)
+}
+
+// run is Run, streaming each answer to sink when it is not nil.
+func (c *Chain) run(ctx context.Context, req *providers.Request, observe AttemptObserver, sink *streamer) Result {
 	res := Result{Chain: len(c.links)}
 	bo := &backoff.Backoff{Min: c.retry.Min, Max: c.retry.Max, Factor: c.retry.Factor, Jitter: c.retry.Jitter}
 	tried := false
@@ -146,7 +151,7 @@ func (c *Chain) Run(ctx context.Context, req *providers.Request, observe Attempt
 			continue
 		}
 		tried = true
-		a, resp, judged, err := c.attempt(ctx, l, i, req)
+		a, resp, judged, err := c.attempt(ctx, l, i, req, sink)
 		res.Calls++
 		if a.Outcome == chat.OutcomeRejected {
 			res.Rejected++
@@ -208,7 +213,7 @@ const minJudgedBudget = time.Second
 // timing out (which counts), not as the request giving up (which does not).
 // judged says whether a timeout within this budget may be held against the
 // provider.
-func (c *Chain) attempt(ctx context.Context, l *Link, idx int, req *providers.Request) (a chat.Attempt, resp *providers.Response, judged bool, err error) {
+func (c *Chain) attempt(ctx context.Context, l *Link, idx int, req *providers.Request, sink *streamer) (a chat.Attempt, resp *providers.Response, judged bool, err error) {
 	budget := l.Timeout
 	if dl, ok := ctx.Deadline(); ok {
 		left := time.Until(dl)
@@ -216,6 +221,9 @@ func (c *Chain) attempt(ctx context.Context, l *Link, idx int, req *providers.Re
 		budget = min(budget, left/time.Duration(c.availableFrom(idx)))
 	}
 	judged = budget >= min(l.Timeout, minJudgedBudget)
+	if sink != nil {
+		return sink.call(ctx, l, budget, judged, req)
+	}
 	actx, cancel := context.WithTimeout(ctx, budget)
 	defer cancel()
 	start := time.Now()

@@ -38,6 +38,9 @@ type Config struct {
 	// order needs MaxDeliveries 0: a request waiting for its turn is put
 	// back, and those deliveries must not run out.
 	Ordering string `yaml:"ordering"`
+	// StreamDefault streams the answer of a request that does not say
+	// ("stream" absent) on <prefix>.stream.<conv>. Default false.
+	StreamDefault bool `yaml:"stream_default"`
 }
 
 // Orderings.

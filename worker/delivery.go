@@ -36,6 +36,9 @@ type delivery struct {
 
 	stopKeepAlive func()
 
+	// stream publishes the answer chunk by chunk; nil when not streamed.
+	stream *streamer
+
 	// inTurn: the request is its conversation's head (worker.ordering:
 	// conversation) until its settlement is recorded.
 	inTurn bool

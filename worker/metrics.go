@@ -32,6 +32,7 @@ type Metrics struct {
 	degraded        prometheus.Counter
 	deadLetters     *prometheus.CounterVec
 	breakerChanges  *prometheus.CounterVec
+	firstChunk      *prometheus.HistogramVec
 }
 
 // NewMetrics creates the collectors and registers them on reg (nil: not
@@ -65,10 +66,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Requests given up on, by error code."}, []string{"code"}),
 		breakerChanges: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "understudy_breaker_transitions_total",
 			Help: "Breaker transitions by provider and new state."}, []string{"provider", "to"}),
+		firstChunk: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "understudy_time_to_first_chunk_seconds",
+			Help: "Time from a streamed provider call to its first chunk.", Buckets: latency}, []string{"provider"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.requests, m.attempts, m.attemptSeconds, m.requestSeconds, m.queueWait, m.breakerState,
-			m.inFlight, m.backlogPending, m.backlogAck, m.backlogServable, m.degraded, m.deadLetters, m.breakerChanges)
+			m.inFlight, m.backlogPending, m.backlogAck, m.backlogServable, m.degraded, m.deadLetters, m.breakerChanges, m.firstChunk)
 	}
 	return m
 }

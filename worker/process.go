@@ -89,7 +89,8 @@ func (d *delivery) work(ctx context.Context) {
 	callCtx, cancel := context.WithDeadline(ctx, d.deadline)
 	stopWatch := context.AfterFunc(d.lostCtx, cancel) // a lost claim ends the ladder
 	preq := &providers.Request{Messages: req.Messages, MaxTokens: req.MaxTokens, Temperature: req.Temperature}
-	res2 := p.chain.Run(callCtx, preq, p.observer(&req, d.m, &d.log))
+	d.stream = d.newStreamer(ctx)
+	res2 := p.chain.run(callCtx, preq, p.observer(&req, d.m, &d.log), d.stream)
 	stopWatch()
 	cancel()
 
@@ -173,6 +174,12 @@ func (d *delivery) answer(ctx context.Context, res *Result) {
 		Content: r.Content, Provider: res.Provider, Model: r.Model, Degraded: res.Degraded(),
 		Attempts: d.attemptsSoFar(ctx, res.Attempts), Usage: &chat.Usage{PromptTokens: r.Usage.PromptTokens, CompletionTokens: r.Usage.CompletionTokens},
 		Deliveries: d.m.NumDelivered, QueuedMS: queuedMS(d.m.Published, d.start), LatencyMS: time.Since(d.start).Milliseconds(), Metadata: d.req.Metadata,
+		FirstChunkMS: d.stream.firstChunkMS(),
+	}
+	if d.stream != nil {
+		if err := d.stream.flush(ctx); err != nil {
+			d.log.Warn().Err(err).Msg("streamed chunks may be missing; the reply is whole")
+		}
 	}
 	var dup bool
 	err := p.write(ctx, func(ctx context.Context) (err error) {
@@ -192,6 +199,7 @@ func (d *delivery) answer(ctx context.Context, res *Result) {
 	case dup:
 		d.log.Info().Msg("a reply with this id was already stored; the server dropped this one")
 	}
+	d.stream.end(ctx, "")
 	d.finish(ctx)
 	d.ack()
 	p.m.requests.WithLabelValues(resultOK).Inc()
@@ -250,6 +258,7 @@ func (d *delivery) giveUp(ctx context.Context, attempts []chat.Attempt, code, re
 	} else {
 		d.claim.Store(nil) // recorded as answered
 	}
+	d.stream.end(ctx, code)
 	d.term(code + ": " + reason)
 }
 

@@ -24,6 +24,7 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	asJSON := fs.Bool("json", false, "print the whole reply as JSON instead of its content")
 	id := fs.String("id", "", "request id (default: a random one)")
 	system := fs.String("system", "", "optional system prompt")
+	stream := fs.Bool("stream", false, "print the answer's tokens as they come (a reset is said on stderr)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -68,6 +69,14 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		req.Messages = append(req.Messages, chat.Message{Role: chat.RoleSystem, Content: *system})
 	}
 	req.Messages = append(req.Messages, chat.Message{Role: chat.RoleUser, Content: text})
+	var streamed <-chan bool
+	if *stream && !*asJSON {
+		req.Stream = stream
+		var ferr error
+		if streamed, ferr = followStream(ctx, b, subj, *conv, req.ID, stdout, stderr); ferr != nil {
+			fmt.Fprintf(stderr, "understudy send: %v; the answer is printed whole\n", ferr)
+		}
+	}
 	ans, err := roundTrip(ctx, b, subj, &req, stderr)
 	if err != nil {
 		if errors.Is(err, errNoReply) {
@@ -85,7 +94,7 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(reply)
-	} else if reply.Status == chat.StatusOK {
+	} else if reply.Status == chat.StatusOK && !printedStream(streamed) {
 		fmt.Fprintln(stdout, reply.Content)
 	}
 	if reply.Status != chat.StatusOK {
@@ -95,6 +104,20 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitFailed
 	}
 	return exitOK
+}
+
+// printedStream waits a moment for a followed stream's end: true when the
+// answer was printed as it streamed.
+func printedStream(streamed <-chan bool) bool {
+	if streamed == nil {
+		return false
+	}
+	select {
+	case printed := <-streamed:
+		return printed
+	case <-time.After(2 * time.Second):
+		return false
+	}
 }
 
 // answerMargin is how much earlier than the end of send's wait the

@@ -29,15 +29,22 @@ const (
 	ModeReset        Mode = "reset"        // headers and half a body, then the connection is cut
 	ModeUnauthorized Mode = "unauthorized" // 401
 	ModeReject       Mode = "reject"       // 400
+	// The stream modes act on a streamed answer after Config.CutAfter
+	// chunks; a request that does not stream gets the non-streaming
+	// failure of the same kind.
+	ModeCut        Mode = "cut"         // connection cut (not streaming: as reset)
+	ModeErrorEvent Mode = "error_event" // an error event (not streaming: 503)
+	ModeStall      Mode = "stall"       // no more chunks (not streaming: as hang)
 )
 
 // ParseMode returns the Mode named s.
 func ParseMode(s string) (Mode, error) {
 	switch m := Mode(s); m {
-	case ModeOK, ModeError, ModeRateLimit, ModeHang, ModeGarbage, ModeEmpty, ModeReset, ModeUnauthorized, ModeReject:
+	case ModeOK, ModeError, ModeRateLimit, ModeHang, ModeGarbage, ModeEmpty, ModeReset, ModeUnauthorized, ModeReject,
+		ModeCut, ModeErrorEvent, ModeStall:
 		return m, nil
 	}
-	return "", fmt.Errorf("unknown sim mode %q (ok, error, ratelimit, hang, garbage, empty, reset, unauthorized, reject)", s)
+	return "", fmt.Errorf("unknown sim mode %q (ok, error, ratelimit, hang, garbage, empty, reset, unauthorized, reject, cut, error_event, stall)", s)
 }
 
 // Phase switches the server to Mode from After (counted from Start) for For.
@@ -62,6 +69,15 @@ type Config struct {
 	RetryAfter time.Duration `yaml:"retry_after"`
 	// Script is a list of timed phases overriding the mode. Default none.
 	Script []Phase `yaml:"script"`
+	// ChunkDelay is the wait between two chunks of a streamed answer (the
+	// first comes after Latency). Default 0.
+	ChunkDelay time.Duration `yaml:"chunk_delay"`
+	// CutAfter is how many chunks a streamed answer sends before the
+	// failure of a stream mode (cut, error_event, stall). Default 2.
+	CutAfter int `yaml:"cut_after"`
+	// Words pads every answer to at least this many words, so that a
+	// streamed answer has that many chunks. Default 0: the answer as is.
+	Words int `yaml:"words"`
 }
 
 // Validate reports the first invalid field by its YAML key (below the
@@ -70,10 +86,16 @@ func (c Config) Validate() error {
 	for _, d := range []struct {
 		key string
 		v   time.Duration
-	}{{"latency", c.Latency}, {"jitter", c.Jitter}, {"retry_after", c.RetryAfter}} {
+	}{{"latency", c.Latency}, {"jitter", c.Jitter}, {"retry_after", c.RetryAfter}, {"chunk_delay", c.ChunkDelay}} {
 		if d.v < 0 {
 			return fmt.Errorf("sim.%s: must not be negative, got %s", d.key, d.v)
 		}
+	}
+	if c.CutAfter < 0 {
+		return fmt.Errorf("sim.cut_after: must not be negative, got %d", c.CutAfter)
+	}
+	if c.Words < 0 || c.Words > 100000 {
+		return fmt.Errorf("sim.words: must be 0 to 100000, got %d", c.Words)
 	}
 	if c.FailureRate < 0 || c.FailureRate > 1 {
 		return fmt.Errorf("sim.failure_rate: must be within [0, 1], got %v", c.FailureRate)
@@ -117,6 +139,9 @@ func New(cfg Config) *Server {
 	}
 	if cfg.RetryAfter == 0 {
 		cfg.RetryAfter = time.Second
+	}
+	if cfg.CutAfter == 0 {
+		cfg.CutAfter = 2
 	}
 	s := &Server{cfg: cfg, started: time.Now(), closing: make(chan struct{})}
 	s.mode.Store(ModeOK)
@@ -192,6 +217,7 @@ type completionRequest struct {
 	Messages    []Message `json:"messages"`
 	MaxTokens   *int      `json:"max_tokens"`
 	Temperature *float64  `json:"temperature"`
+	Stream      bool      `json:"stream"`
 }
 
 // Message is one message of a request body.
@@ -207,6 +233,8 @@ type Received struct {
 	// MaxTokens and Temperature are nil when the body had none.
 	MaxTokens   *int
 	Temperature *float64
+	// Stream is true when the body asked for a streamed answer.
+	Stream bool
 }
 
 // Record makes the server keep the bodies of the last n chat-completion
@@ -260,7 +288,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.record(req)
-	if mode == ModeHang {
+	if req.Stream {
+		s.stream(w, r, req, mode)
+		return
+	}
+	if mode == ModeHang || mode == ModeStall {
 		select {
 		case <-r.Context().Done():
 		case <-s.closing:
@@ -271,7 +303,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	switch mode {
-	case ModeError:
+	case ModeError, ModeErrorEvent:
 		writeError(w, http.StatusServiceUnavailable, "server_error", "simulated outage")
 	case ModeRateLimit:
 		w.Header().Set("Retry-After", strconv.Itoa(int((s.cfg.RetryAfter+time.Second-1)/time.Second)))
@@ -286,7 +318,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case ModeEmpty:
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = fmt.Fprintf(w, `{"id":"sim","object":"chat.completion","created":%d,"model":%q,"choices":[]}`, time.Now().Unix(), s.cfg.Model)
-	case ModeReset:
+	case ModeReset, ModeCut:
 		s.reset(w)
 	default:
 		s.answer(w, req)
@@ -314,13 +346,21 @@ func (s *Server) wait(ctx context.Context) bool {
 	}
 }
 
-func (s *Server) answer(w http.ResponseWriter, req completionRequest) {
+// content is the answer to req, and the prompt's size in words.
+func (s *Server) content(req completionRequest) (content string, prompt int) {
 	last := req.Messages[len(req.Messages)-1].Content
-	content := fmt.Sprintf("[%s] you said %d words", s.cfg.Model, len(strings.Fields(last)))
-	prompt := 0
+	content = fmt.Sprintf("[%s] you said %d words", s.cfg.Model, len(strings.Fields(last)))
+	if n := s.cfg.Words - len(strings.Fields(content)); n > 0 {
+		content += strings.Repeat(" la", n)
+	}
 	for _, m := range req.Messages {
 		prompt += len(strings.Fields(m.Content))
 	}
+	return content, prompt
+}
+
+func (s *Server) answer(w http.ResponseWriter, req completionRequest) {
+	content, prompt := s.content(req)
 	resp := map[string]any{
 		"id":      fmt.Sprintf("sim-%d", s.hits.Load()),
 		"object":  "chat.completion",
