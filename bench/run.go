@@ -48,7 +48,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	defer r.prog.end()
 	rep := &Report{
 		Machine: Machine{CPUs: runtime.NumCPU(), GOOS: runtime.GOOS, GOARCH: runtime.GOARCH, GoVersion: runtime.Version(),
-			NATS: o.NATSURL, NATSVersion: "unknown (external server)"},
+			NATS: o.NATSURL},
 		Settings: Settings{Scenarios: o.Scenarios, Workers: o.Workers, Concurrency: o.Concurrency, Inflight: o.Inflight,
 			Requests: o.Requests, Backlog: o.Backlog, Payload: o.Payload, Providers: "in-process simulated providers over HTTP"},
 	}
@@ -76,6 +76,9 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		return nil, fmt.Errorf("connect to %s: %w", r.url, err)
 	}
 	defer r.nc.Close()
+	if o.NATSURL != "" {
+		rep.Machine.NATSVersion = r.nc.ConnectedServerVersion() + " (external server)"
+	}
 	if r.js, err = jetstream.New(r.nc, jetstream.WithPublishAsyncMaxPending(4096)); err != nil {
 		return nil, err
 	}
