@@ -66,13 +66,13 @@ type Result struct {
 	// IdealRPS is what the provider's latency allows (slow only).
 	IdealRPS float64 `json:"ideal_requests_per_second,omitempty"`
 	// LatencyRate is the request rate the latencies were measured at (half
-	// the measured throughput; open: zero's rate, so that the two compare;
-	// backlog: while draining).
+	// the measured throughput; open: zero's rate when that is lower, so
+	// that the two compare; backlog: while draining).
 	LatencyRate float64   `json:"latency_rate"`
 	EndToEndMS  Quantiles `json:"end_to_end_ms"`
 	OverheadMS  Quantiles `json:"overhead_ms"`
 	// SkipCostUS is open's overhead p50 minus zero's at the same worker
-	// count and request rate: what a skipped provider adds to a request's
+	// count (and rate, see LatencyRate): what a skipped provider adds to a request's
 	// latency; SkipCPUUS the worker CPU it adds (open only, with zero).
 	SkipCostUS *float64 `json:"skip_cost_us,omitempty"`
 	SkipCPUUS  *float64 `json:"skip_cpu_us,omitempty"`
@@ -181,7 +181,7 @@ func (r *Report) Text(w io.Writer) {
 			fmt.Fprintf(w, "%s ×%d: %s\n", x.Scenario, x.Workers, strings.Join(notes, "; "))
 		}
 	}
-	fmt.Fprintln(w, "latencies: at half the measured throughput (open: at zero's rate; backlog: while draining); overhead = end to end minus the provider's own time")
+	fmt.Fprintln(w, "latencies: at half the measured throughput (open: at zero's rate if lower; backlog: while draining); overhead = end to end minus the provider's own time")
 	for _, k := range []string{"worker", "nats_server", "bench", "all"} {
 		fmt.Fprintf(w, "CPU %s: %s\n", k, r.CPUIncludes[k])
 	}

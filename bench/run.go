@@ -445,7 +445,9 @@ func (r *runner) scenario(ctx context.Context, sc string, w int) (Result, error)
 		res.MemPerInflightKB = memPerInflight(ready, end, w*concurrency)
 		res.LatencyRate = float64(load) / res.Seconds / 2
 		if rate, ok := r.zeroRate[w]; ok && sc == ScenarioOpen {
-			res.LatencyRate = rate
+			// Zero's rate, so that the two compare, unless it is more than
+			// half of what open sustains here (then queues would decide).
+			res.LatencyRate = min(rate, res.LatencyRate)
 		}
 		r.prog.phase(label, fmt.Sprintf("latency at %.0f req/s", res.LatencyRate))
 		if err := t.paced(ctx, r.js, phasePaced, res.LatencyRate, r.prog.watch); err != nil {
