@@ -9,6 +9,7 @@
 //	understudy demo                        the whole thing on an embedded NATS
 //	understudy sim    --listen :8080       a simulated OpenAI-compatible provider
 //	understudy health --url URL            probe /readyz (images without a shell)
+//	understudy bench                       measure the pipeline against raw JetStream
 package main
 
 import (
@@ -41,6 +42,7 @@ func commands() []command {
 		{"demo", "embedded NATS, three simulated providers, traffic and an outage", runDemo},
 		{"sim", "serve a simulated OpenAI-compatible provider", runSim},
 		{"health", "exit 0 when a health URL answers 200 (container probes)", runHealth},
+		{"bench", "measure the pipeline against a raw JetStream loop", runBench},
 	}
 }
 

@@ -1,0 +1,78 @@
+package main
+
+import (
+	"encoding/json"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/understudy-ai/understudy/bench"
+)
+
+// TestBenchReportsEveryRequestAnswered runs `understudy bench` end to end
+// (its own server and worker processes, small sizes) and checks the JSON
+// report's shape and that every request was answered. It asserts no
+// throughput: the machine decides those.
+func TestBenchReportsEveryRequestAnswered(t *testing.T) {
+	e2eNeedBinary(t)
+	for _, sc := range []string{bench.ScenarioZero, bench.ScenarioBacklog} {
+		t.Run(sc, func(t *testing.T) {
+			stdout, stderr, code, _ := e2eRun(t, 2*time.Minute, e2eEnv(), "bench", "--scenario", sc, "--requests", "300", "--json")
+			if code != 0 {
+				t.Fatalf("bench exited %d; stderr:\n%s", code, e2eTail(stderr, 4000))
+			}
+			var keys map[string]json.RawMessage
+			if err := json.Unmarshal([]byte(stdout), &keys); err != nil {
+				t.Fatalf("stdout is not one JSON object: %v\n%s", err, e2eTail(stdout, 2000))
+			}
+			for _, k := range []string{"machine", "settings", "cpu_includes", "baseline", "results"} {
+				if _, ok := keys[k]; !ok {
+					t.Errorf("report has no %q", k)
+				}
+			}
+			dec := json.NewDecoder(strings.NewReader(stdout))
+			dec.DisallowUnknownFields()
+			var rep bench.Report
+			if err := dec.Decode(&rep); err != nil {
+				t.Fatalf("report does not decode as bench.Report: %v", err)
+			}
+			if len(rep.Results) != 1 || rep.Results[0].Scenario != sc || rep.Results[0].Workers != 1 {
+				t.Fatalf("results: %+v, want one %s row with 1 worker", rep.Results, sc)
+			}
+			for _, r := range []bench.Result{rep.Baseline, rep.Results[0]} {
+				if r.Measured != 300 || r.Sent < r.Measured || r.Answered != r.Sent || r.Failed != 0 {
+					t.Errorf("%s: measured %d, sent %d, answered %d, failed %d: want 300 measured and every request answered ok",
+						r.Scenario, r.Measured, r.Sent, r.Answered, r.Failed)
+				}
+				if r.RPS <= 0 || r.RatioToBaseline <= 0 || r.Seconds <= 0 {
+					t.Errorf("%s: req/s %v, ratio %v, seconds %v: want positive", r.Scenario, r.RPS, r.RatioToBaseline, r.Seconds)
+				}
+				if r.EndToEndMS.P50 <= 0 || r.EndToEndMS.P99 < r.EndToEndMS.P50 {
+					t.Errorf("%s: end-to-end latency %+v", r.Scenario, r.EndToEndMS)
+				}
+				if r.StoredPerRequest < 2 {
+					t.Errorf("%s: %v stored messages per request, want at least a request and a reply", r.Scenario, r.StoredPerRequest)
+				}
+				if runtime.GOOS == "linux" && (r.CPU.NATS == nil || r.CPU.Bench == nil || r.CPU.All == nil || r.PeakRSSMB.NATS == nil) {
+					t.Errorf("%s: CPU %+v, RSS %+v: want the server's and the bench's measured", r.Scenario, r.CPU, r.PeakRSSMB)
+				}
+			}
+			x := rep.Results[0]
+			if runtime.GOOS == "linux" && (x.CPU.Worker == nil || x.PeakRSSMB.Worker == nil) {
+				t.Errorf("worker CPU %v, RSS %v: want the worker process measured", x.CPU.Worker, x.PeakRSSMB.Worker)
+			}
+			if rep.Baseline.CPU.Worker != nil {
+				t.Errorf("the baseline has no worker process, yet reports its CPU")
+			}
+			if sc == bench.ScenarioBacklog && len(x.RSSDrainMB) == 0 {
+				t.Errorf("backlog: no RSS samples during the drain")
+			}
+			for _, k := range []string{"worker", "nats_server", "bench", "all"} {
+				if rep.CPUIncludes[k] == "" {
+					t.Errorf("cpu_includes[%q] is empty", k)
+				}
+			}
+		})
+	}
+}
