@@ -18,7 +18,7 @@ type Chunk struct {
 	// Delta is the next piece of the answer.
 	Delta string `json:"delta,omitempty"`
 	// Provider streaming this chunk; on a reset, the provider that answers
-	// next (empty when the next is not known yet: a redelivery).
+	// next (on a redelivery too: the new attempt has begun when it is sent).
 	Provider string `json:"provider,omitempty"`
 	// Attempt is the attempt's number within the request (from 1, across
 	// deliveries); Delivery the request's delivery it was made on.
