@@ -375,6 +375,17 @@ func (t *traffic) firstChunks(p int) (ttfc, prov, overhead []time.Duration) {
 	return ttfc, prov, overhead
 }
 
+// streamedIn is how many requests of phase p had a chunk with text heard.
+func (t *traffic) streamedIn(p int) int {
+	n := 0
+	for i := t.bounds[p]; i < t.bounds[p+1]; i++ {
+		if t.firstChunk[i].Load() != 0 {
+			n++
+		}
+	}
+	return n
+}
+
 // answeredAll is how many requests of every phase were answered, and sent.
 func (t *traffic) answeredAll() (answered, sent int) {
 	for p := range phases {

@@ -109,7 +109,11 @@ type StreamResult struct {
 	// Chunks is the stream messages heard for the throughput phase's
 	// requests (text, done), ChunksPerRequest the same per request,
 	// ChunksPerSecond over the phase's Seconds.
-	Chunks           int     `json:"chunks"`
+	Chunks int `json:"chunks"`
+	// Streamed is how many of the throughput phase's requests had a chunk
+	// with text heard (a worker that cannot read a request's earlier chunks
+	// answers it whole, unstreamed).
+	Streamed         int     `json:"streamed_requests"`
 	ChunksPerRequest float64 `json:"chunks_per_request"`
 	ChunksPerSecond  float64 `json:"chunks_per_second"`
 	// ChunksPerCoreSecond is Chunks over the worker processes' CPU seconds
@@ -208,6 +212,9 @@ func (r *Report) Text(w io.Writer) {
 				st.FirstChunkMS.P50, st.FirstChunkMS.P99, st.ProviderFirstChunkMS.P50, st.ProviderFirstChunkMS.P99,
 				st.FirstChunkOverheadMS.P50, st.FirstChunkOverheadMS.P99,
 				st.ChunksPerRequest, st.Words, st.ChunkDelayMS, st.ChunksPerSecond, num(st.ChunksPerCoreSecond, "%.0f")))
+			if st.Streamed < x.Measured {
+				notes = append(notes, fmt.Sprintf("only %d of %d requests streamed (the others were answered whole)", st.Streamed, x.Measured))
+			}
 		}
 		if x.Failed > 0 || x.Answered < x.Sent {
 			notes = append(notes, fmt.Sprintf("%d of %d answered, %d failed", x.Answered, x.Sent, x.Failed))

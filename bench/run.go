@@ -489,7 +489,7 @@ func (r *runner) scenario(ctx context.Context, sc string, w int) (Result, error)
 		res.EndToEndMS, res.OverheadMS = quantiles(e2e), quantiles(ovh)
 		if st := res.Stream; st != nil {
 			// Counted now, the throughput phase's stragglers heard too.
-			st.Chunks = int(t.chunks[phaseLoad].Load())
+			st.Chunks, st.Streamed = int(t.chunks[phaseLoad].Load()), t.streamedIn(phaseLoad)
 			st.ChunksPerRequest = float64(st.Chunks) / float64(load)
 			st.ChunksPerSecond = float64(st.Chunks) / res.Seconds
 			if workerSecs > 0 {
