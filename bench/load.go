@@ -44,6 +44,12 @@ type traffic struct {
 	failed   atomic.Int64   // replies whose status is not ok
 	pubErr   atomic.Int64
 
+	// Streamed requests only (stream is set; the slices are nil otherwise).
+	stream        bool
+	firstChunk    []atomic.Int64 // unix ns of the first chunk heard with text (0: none yet)
+	providerFirst []atomic.Int64 // ns from the provider's handler start to its first chunk flushed
+	chunks        []atomic.Int64 // per phase: stream messages heard (text, resets, done)
+
 	slots chan struct{} // the closed loop's window: one token per request unanswered
 }
 
@@ -64,6 +70,14 @@ func newTraffic(prefix, tag string, payload, window, warm, load, paced int) *tra
 		provider: make([]atomic.Int64, n), attempts: make([]atomic.Int64, n),
 		bounds: []int{0, warm, warm + load, n}, answered: make([]atomic.Int64, phases)}
 	return t
+}
+
+// streamed makes every request of t ask for a streamed answer, timed to its
+// first chunk.
+func (t *traffic) streamed() {
+	n := len(t.sent)
+	t.stream = true
+	t.firstChunk, t.providerFirst, t.chunks = make([]atomic.Int64, n), make([]atomic.Int64, n), make([]atomic.Int64, phases)
 }
 
 // words is a user message of n bytes of ordinary words.
@@ -107,6 +121,9 @@ func (t *traffic) request(n int) []byte {
 	b = append(b, id...)
 	b = append(b, `"},{"role":"user","content":"`...)
 	b = append(b, t.payload...)
+	if t.stream {
+		return append(b, `"}],"stream":true}`...)
+	}
 	return append(b, `"}]}`...)
 }
 
@@ -155,6 +172,37 @@ func (t *traffic) listen(nc *nats.Conn) (*nats.Subscription, error) {
 		select {
 		case <-t.slots:
 		default:
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	_ = sub.SetPendingLimits(-1, -1)
+	return sub, nc.Flush()
+}
+
+// benchChunk is what the bench reads of a streamed chunk.
+type benchChunk struct {
+	ID    string `json:"id"`
+	Delta string `json:"delta"`
+}
+
+// listenChunks counts the chunks heard on the stream subjects and notes when
+// each request's first chunk with text came.
+func (t *traffic) listenChunks(nc *nats.Conn) (*nats.Subscription, error) {
+	sub, err := nc.Subscribe(t.prefix+".stream.*", func(m *nats.Msg) {
+		now := time.Now().UnixNano()
+		var c benchChunk
+		if json.Unmarshal(m.Data, &c) != nil {
+			return
+		}
+		n, ok := t.index(c.ID)
+		if !ok {
+			return
+		}
+		t.chunks[t.phaseOf(n)].Add(1)
+		if c.Delta != "" {
+			t.firstChunk[n].CompareAndSwap(0, now)
 		}
 	})
 	if err != nil {
@@ -307,6 +355,37 @@ func (t *traffic) latencies(p int) (e2e, overhead []time.Duration) {
 	return e2e, overhead
 }
 
+// firstChunks are the times to the first chunk of phase p's streamed
+// requests (publish → first chunk with text heard), the provider's own
+// times to its first chunk (its handler's start to the chunk flushed), and
+// the overheads: the first minus the second, per request. Requests without
+// both times are left out.
+func (t *traffic) firstChunks(p int) (ttfc, prov, overhead []time.Duration) {
+	for n := t.bounds[p]; n < t.bounds[p+1]; n++ {
+		first, own := t.firstChunk[n].Load(), time.Duration(t.providerFirst[n].Load())
+		if first == 0 || own == 0 {
+			continue
+		}
+		d := time.Duration(first - t.sent[n].Load())
+		ttfc, prov, overhead = append(ttfc, d), append(prov, own), append(overhead, d-own)
+	}
+	slices.Sort(ttfc)
+	slices.Sort(prov)
+	slices.Sort(overhead)
+	return ttfc, prov, overhead
+}
+
+// streamedIn is how many requests of phase p had a chunk with text heard.
+func (t *traffic) streamedIn(p int) int {
+	n := 0
+	for i := t.bounds[p]; i < t.bounds[p+1]; i++ {
+		if t.firstChunk[i].Load() != 0 {
+			n++
+		}
+	}
+	return n
+}
+
 // answeredAll is how many requests of every phase were answered, and sent.
 func (t *traffic) answeredAll() (answered, sent int) {
 	for p := range phases {
@@ -342,14 +421,49 @@ func startProvider(t *traffic, cfg sim.Config, mode sim.Mode) (*provider, error)
 		start := time.Now()
 		body, _ := io.ReadAll(r.Body)
 		r.Body = io.NopCloser(bytes.NewReader(body))
+		n, ok := t.indexIn(body)
+		if ok && t.stream {
+			fw := &firstFlush{ResponseWriter: w}
+			w = fw
+			defer func() {
+				if !fw.at.IsZero() {
+					t.providerFirst[n].CompareAndSwap(0, int64(fw.at.Sub(start)))
+				}
+			}()
+		}
 		s.ServeHTTP(w, r)
-		if n, ok := t.indexIn(body); ok {
+		if ok {
 			t.provider[n].Add(int64(time.Since(start)))
 		}
 	})}
 	go func() { _ = p.srv.Serve(ln) }()
 	return p, nil
 }
+
+// firstFlush notes when the first body bytes written were flushed: a
+// streaming provider's first chunk on the wire.
+type firstFlush struct {
+	http.ResponseWriter
+	wrote bool
+	at    time.Time
+}
+
+func (f *firstFlush) Write(b []byte) (int, error) {
+	f.wrote = f.wrote || len(b) > 0
+	return f.ResponseWriter.Write(b)
+}
+
+// FlushError is what http.ResponseController calls to flush.
+func (f *firstFlush) FlushError() error {
+	err := http.NewResponseController(f.ResponseWriter).Flush()
+	if f.wrote && f.at.IsZero() {
+		f.at = time.Now()
+	}
+	return err
+}
+
+// Unwrap gives http.ResponseController the writer underneath (to hijack).
+func (f *firstFlush) Unwrap() http.ResponseWriter { return f.ResponseWriter }
 
 // indexIn finds the request's number in a provider request's body.
 func (t *traffic) indexIn(body []byte) (int, bool) {

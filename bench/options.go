@@ -15,10 +15,11 @@ const (
 	ScenarioOpen     = "open"     // the primary's breaker is open: every request skips it
 	ScenarioSlow     = "slow"     // a provider taking 1 s, Inflight requests in flight a worker
 	ScenarioBacklog  = "backlog"  // Backlog requests queued before the workers start
+	ScenarioStream   = "stream"   // "stream": true, a provider streaming streamWords chunks
 )
 
 // Scenarios lists every scenario in running order.
-var Scenarios = []string{ScenarioZero, ScenarioFallback, ScenarioOpen, ScenarioSlow, ScenarioBacklog}
+var Scenarios = []string{ScenarioZero, ScenarioFallback, ScenarioOpen, ScenarioSlow, ScenarioBacklog, ScenarioStream}
 
 // ErrInvalidOption is wrapped by every error about an option's value.
 var ErrInvalidOption = errors.New("invalid option")
@@ -36,7 +37,8 @@ type Options struct {
 	NATSPID int
 	// ProviderURL is an OpenAI-compatible base URL serving the answers (an
 	// `understudy sim` elsewhere). Default "": simulated providers in the
-	// bench process. Failing primaries are always in-process.
+	// bench process. Failing primaries and the stream scenario's streaming
+	// provider are always in-process.
 	ProviderURL string
 	// Workers lists the worker process counts each scenario runs with.
 	// Default [1].

@@ -87,6 +87,38 @@ type Result struct {
 	// write, KV updates included), and by stream.
 	StoredPerRequest float64            `json:"stored_messages_per_request"`
 	StoredByStream   map[string]float64 `json:"stored_per_request_by_stream"`
+	// Stream is the streaming figures (stream only).
+	Stream *StreamResult `json:"stream,omitempty"`
+}
+
+// StreamResult is what the stream scenario measures besides the figures of
+// every scenario.
+type StreamResult struct {
+	// Words is the chunks of text each answer streams, ChunkDelayMS the
+	// provider's wait between two.
+	Words        int     `json:"words"`
+	ChunkDelayMS float64 `json:"chunk_delay_ms"`
+	// FirstChunkMS is the time from the publish to the first chunk with
+	// text heard on <prefix>.stream.<conv> (latency phase);
+	// ProviderFirstChunkMS the provider's own time to its first chunk (its
+	// handler's start to the chunk flushed); FirstChunkOverheadMS the
+	// first minus the second, per request.
+	FirstChunkMS         Quantiles `json:"first_chunk_ms"`
+	ProviderFirstChunkMS Quantiles `json:"provider_first_chunk_ms"`
+	FirstChunkOverheadMS Quantiles `json:"first_chunk_overhead_ms"`
+	// Chunks is the stream messages heard for the throughput phase's
+	// requests (text, done), ChunksPerRequest the same per request,
+	// ChunksPerSecond over the phase's Seconds.
+	Chunks int `json:"chunks"`
+	// Streamed is how many of the throughput phase's requests had a chunk
+	// with text heard (a worker that cannot read a request's earlier chunks
+	// answers it whole, unstreamed).
+	Streamed         int     `json:"streamed_requests"`
+	ChunksPerRequest float64 `json:"chunks_per_request"`
+	ChunksPerSecond  float64 `json:"chunks_per_second"`
+	// ChunksPerCoreSecond is Chunks over the worker processes' CPU seconds
+	// in the throughput phase: chunks/s per core; nil when not measured.
+	ChunksPerCoreSecond *float64 `json:"chunks_per_core_second"`
 }
 
 // Quantiles of a latency, in milliseconds.
@@ -174,6 +206,16 @@ func (r *Report) Text(w io.Writer) {
 			}
 			notes = append(notes, "worker RSS MB at each tenth of the drain: "+strings.Join(mb, " "))
 		}
+		if st := x.Stream; st != nil {
+			notes = append(notes, fmt.Sprintf("first chunk p50 %.2f p99 %.2f ms, provider's own p50 %.2f p99 %.2f ms, overhead p50 %.2f p99 %.2f ms; "+
+				"%.1f chunks a request (%d words, %g ms apart), %.0f chunks/s, %s chunks/s per core of worker CPU",
+				st.FirstChunkMS.P50, st.FirstChunkMS.P99, st.ProviderFirstChunkMS.P50, st.ProviderFirstChunkMS.P99,
+				st.FirstChunkOverheadMS.P50, st.FirstChunkOverheadMS.P99,
+				st.ChunksPerRequest, st.Words, st.ChunkDelayMS, st.ChunksPerSecond, num(st.ChunksPerCoreSecond, "%.0f")))
+			if st.Streamed < x.Measured {
+				notes = append(notes, fmt.Sprintf("only %d of %d requests streamed (the others were answered whole)", st.Streamed, x.Measured))
+			}
+		}
 		if x.Failed > 0 || x.Answered < x.Sent {
 			notes = append(notes, fmt.Sprintf("%d of %d answered, %d failed", x.Answered, x.Sent, x.Failed))
 		}
@@ -182,6 +224,12 @@ func (r *Report) Text(w io.Writer) {
 		}
 	}
 	fmt.Fprintln(w, "latencies: at half the measured throughput (open: at zero's rate if lower; backlog: while draining); overhead = end to end minus the provider's own time")
+	for _, x := range r.Results {
+		if x.Stream != nil {
+			fmt.Fprintln(w, "stream: first chunk = publish to the first chunk with text heard on the stream subject; its overhead = that minus the provider's own time to its first chunk")
+			break
+		}
+	}
 	for _, k := range []string{"worker", "nats_server", "bench", "all"} {
 		fmt.Fprintf(w, "CPU %s: %s\n", k, r.CPUIncludes[k])
 	}

@@ -23,6 +23,13 @@ import (
 // slowLatency is the slow scenario's provider latency.
 const slowLatency = time.Second
 
+// The stream scenario's provider streams streamWords chunks of text,
+// streamChunkDelay apart.
+const (
+	streamWords      = 20
+	streamChunkDelay = time.Millisecond
+)
+
 // runner holds what every measurement of a run shares.
 type runner struct {
 	o       Options
@@ -189,16 +196,25 @@ func cpuPer1k(a, b usage, n int, withWorkers bool) CPU {
 		c.NATS = per(b.nats.cpu - a.nats.cpu)
 		all += b.nats.cpu - a.nats.cpu
 	}
-	if withWorkers && a.ok && b.ok && len(a.workers) == len(b.workers) {
-		var w time.Duration
-		for i := range a.workers {
-			w += b.workers[i].cpu - a.workers[i].cpu
-		}
+	if w, ok := workerCPU(a, b); withWorkers && ok {
 		c.Worker = per(w)
 		all += w
 	}
 	c.All = per(all)
 	return c
+}
+
+// workerCPU is the CPU time the worker processes used together between a
+// and b; false when a worker could not be read.
+func workerCPU(a, b usage) (time.Duration, bool) {
+	if !a.ok || !b.ok || len(a.workers) != len(b.workers) {
+		return 0, false
+	}
+	var w time.Duration
+	for i := range a.workers {
+		w += b.workers[i].cpu - a.workers[i].cpu
+	}
+	return w, true
 }
 
 // peaks fills the peak RSS figures from u (read at the end of the
@@ -321,6 +337,15 @@ func (r *runner) scenario(ctx context.Context, sc string, w int) (Result, error)
 		return res, err
 	}
 	defer func() { _ = sub.Unsubscribe() }()
+	if sc == ScenarioStream {
+		t.streamed()
+		chunks, err := t.listenChunks(r.nc)
+		if err != nil {
+			return res, err
+		}
+		defer func() { _ = chunks.Unsubscribe() }()
+		res.Stream = &StreamResult{Words: streamWords, ChunkDelayMS: float64(streamChunkDelay) / float64(time.Millisecond)}
+	}
 
 	// The chain.
 	cfg := workerConfig{natsURL: r.url, prefix: prefix, concurrency: concurrency, failuresToOpen: 5}
@@ -343,8 +368,11 @@ func (r *runner) scenario(ctx context.Context, sc string, w int) (Result, error)
 			cfg.failuresToOpen = 1 // the warm-up's first failure opens it
 		}
 	}
+	if sc == ScenarioStream {
+		answerCfg.Words, answerCfg.ChunkDelay = streamWords, streamChunkDelay
+	}
 	answerURL := o.ProviderURL
-	if answerURL == "" {
+	if answerURL == "" || sc == ScenarioStream {
 		answer, err := startProvider(t, answerCfg, sim.ModeOK)
 		if err != nil {
 			return res, err
@@ -441,6 +469,10 @@ func (r *runner) scenario(ctx context.Context, sc string, w int) (Result, error)
 		}
 		res.Measured, res.Seconds = load, took.Seconds()
 		res.CPU = cpuPer1k(start, end, load, true)
+		workerSecs := 0.0
+		if cpu, ok := workerCPU(start, end); ok {
+			workerSecs = cpu.Seconds()
+		}
 		res.PeakRSSMB = peaks(end, true)
 		res.MemPerInflightKB = memPerInflight(ready, end, w*concurrency)
 		res.LatencyRate = float64(load) / res.Seconds / 2
@@ -455,6 +487,17 @@ func (r *runner) scenario(ctx context.Context, sc string, w int) (Result, error)
 		}
 		e2e, ovh := t.latencies(phasePaced)
 		res.EndToEndMS, res.OverheadMS = quantiles(e2e), quantiles(ovh)
+		if st := res.Stream; st != nil {
+			// Counted now, the throughput phase's stragglers heard too.
+			st.Chunks, st.Streamed = int(t.chunks[phaseLoad].Load()), t.streamedIn(phaseLoad)
+			st.ChunksPerRequest = float64(st.Chunks) / float64(load)
+			st.ChunksPerSecond = float64(st.Chunks) / res.Seconds
+			if workerSecs > 0 {
+				st.ChunksPerCoreSecond = ptr(float64(st.Chunks) / workerSecs)
+			}
+			ttfc, prov, ovh := t.firstChunks(phasePaced)
+			st.FirstChunkMS, st.ProviderFirstChunkMS, st.FirstChunkOverheadMS = quantiles(ttfc), quantiles(prov), quantiles(ovh)
+		}
 	}
 	res.RPS = float64(res.Measured) / res.Seconds
 	for _, wp := range workers {

@@ -16,7 +16,7 @@ import (
 // throughput: the machine decides those.
 func TestBenchReportsEveryRequestAnswered(t *testing.T) {
 	e2eNeedBinary(t)
-	for _, sc := range []string{bench.ScenarioZero, bench.ScenarioBacklog} {
+	for _, sc := range []string{bench.ScenarioZero, bench.ScenarioBacklog, bench.ScenarioStream} {
 		t.Run(sc, func(t *testing.T) {
 			stdout, stderr, code, _ := e2eRun(t, 2*time.Minute, e2eEnv(), "bench", "--scenario", sc, "--requests", "300", "--json")
 			if code != 0 {
@@ -68,11 +68,50 @@ func TestBenchReportsEveryRequestAnswered(t *testing.T) {
 			if sc == bench.ScenarioBacklog && len(x.RSSDrainMB) == 0 {
 				t.Errorf("backlog: no RSS samples during the drain")
 			}
+			checkBenchStream(t, sc, x)
 			for _, k := range []string{"worker", "nats_server", "bench", "all"} {
 				if rep.CPUIncludes[k] == "" {
 					t.Errorf("cpu_includes[%q] is empty", k)
 				}
 			}
 		})
+	}
+}
+
+// checkBenchStream checks a result's streaming figures: present for the
+// stream scenario only, each streamed answer's chunks heard (its words and
+// the done; a reset would add one) and a first chunk timed. No throughput is asserted.
+func checkBenchStream(t *testing.T, sc string, x bench.Result) {
+	t.Helper()
+	st := x.Stream
+	if sc != bench.ScenarioStream {
+		if st != nil {
+			t.Errorf("%s: streaming figures %+v on a scenario that does not stream", sc, st)
+		}
+		return
+	}
+	if st == nil {
+		t.Fatalf("stream: no streaming figures in the result")
+	}
+	// A request the worker answered whole (it could not read the earlier
+	// chunks in time) streams nothing: only the shape is checked here.
+	if st.Words < 1 || st.Streamed < 1 || st.Streamed > x.Measured || st.Chunks < st.Streamed*(st.Words+1) || st.ChunksPerRequest <= 0 {
+		t.Errorf("stream: %d chunks (%v a request), %d of %d requests streamed, %d words: want each streamed request's words and done heard",
+			st.Chunks, st.ChunksPerRequest, st.Streamed, x.Measured, st.Words)
+	}
+	if st.ChunksPerSecond <= 0 {
+		t.Errorf("stream: %v chunks/s, want positive", st.ChunksPerSecond)
+	}
+	if runtime.GOOS == "linux" && (st.ChunksPerCoreSecond == nil || *st.ChunksPerCoreSecond <= 0) {
+		t.Errorf("stream: chunks/s per core %v, want it measured", st.ChunksPerCoreSecond)
+	}
+	if st.FirstChunkMS.P50 <= 0 || st.FirstChunkMS.P99 < st.FirstChunkMS.P50 {
+		t.Errorf("stream: first chunk %+v", st.FirstChunkMS)
+	}
+	if st.ProviderFirstChunkMS.P99 < st.ProviderFirstChunkMS.P50 || st.FirstChunkOverheadMS.P99 < st.FirstChunkOverheadMS.P50 {
+		t.Errorf("stream: provider's first chunk %+v, overhead %+v", st.ProviderFirstChunkMS, st.FirstChunkOverheadMS)
+	}
+	if st.FirstChunkOverheadMS.P50 > st.FirstChunkMS.P50 {
+		t.Errorf("stream: first-chunk overhead p50 %v above the first chunk's own p50 %v", st.FirstChunkOverheadMS.P50, st.FirstChunkMS.P50)
 	}
 }
