@@ -73,6 +73,8 @@ type Claim struct {
 	seq    uint64
 	worker string
 	stale  time.Duration
+	// fresh: the id had no claim at all (nobody worked on it before).
+	fresh bool
 
 	mu  sync.Mutex
 	rev uint64
@@ -97,7 +99,7 @@ func (b *Broker) Claim(ctx context.Context, id string, seq uint64, worker string
 	for range 3 {
 		rev, err := b.claims.Create(ctx, key, mine)
 		if err == nil {
-			c.rev = rev
+			c.rev, c.fresh = rev, true
 			return c, ClaimWon, nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) {
@@ -217,6 +219,11 @@ func isConflict(err error) bool {
 	return errors.Is(err, jetstream.ErrKeyExists) || (errors.As(err, &apiErr) &&
 		(apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant))
 }
+
+// Fresh reports whether the id had no claim when this one was won: no
+// earlier delivery (of this message or another with the id) worked on it,
+// within the bucket's TTL.
+func (c *Claim) Fresh() bool { return c.fresh }
 
 func (c *Claim) value() claimValue {
 	return claimValue{Seq: c.seq, Worker: c.worker, StaleMS: c.stale.Milliseconds()}

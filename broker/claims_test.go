@@ -131,6 +131,9 @@ func TestClaimStaleIsTakenOver(t *testing.T) {
 		}
 		return got == broker.ClaimTakenOver
 	})
+	if !old.Fresh() || c.Fresh() {
+		t.Errorf("Fresh: first claim %v, takeover %v; want true, false", old.Fresh(), c.Fresh())
+	}
 	if err := old.Refresh(ctx); !errors.Is(err, broker.ErrClaimLost) {
 		t.Errorf("the old holder's Refresh = %v, want ErrClaimLost", err)
 	}

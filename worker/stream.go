@@ -65,6 +65,11 @@ func (d *delivery) newStreamer(ctx context.Context) *streamer {
 		return nil
 	}
 	s := &streamer{d: d, b: cb}
+	if c := d.claim.Load(); c != nil && c.Fresh() {
+		// Nobody worked on the id before: nothing streamed for it yet, so
+		// no read (which scans the conversation's recent chunks).
+		return s
+	}
 	wctx, cancel := d.p.writeCtx(ctx)
 	last, err := cb.LastChunk(wctx, d.req.ConversationID, d.req.ID)
 	cancel()
