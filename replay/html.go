@@ -90,6 +90,7 @@ type htmlPage struct {
 	Cost        []htmlRow
 	CostTotal   string
 	Spared      []htmlRow
+	FirstChunk  []htmlRow
 	Transitions []Transition
 	Open        []OpenPeriod
 	Latency     Latency
@@ -169,6 +170,13 @@ svg .axis { stroke: #999; stroke-width: 1; }
 {{range .Impact}}<tr><td>{{.Name}}</td>{{range .Cells}}<td>{{.}}</td>{{end}}</tr>
 {{end}}</table>
 
+<h2>Time to first chunk</h2>
+{{if .FirstChunk}}<table>
+<tr><th>provider of the first chunk</th><th>streamed replies</th><th>p50</th><th>p99</th></tr>
+{{range .FirstChunk}}<tr><td>{{.Name}}</td>{{range .Cells}}<td>{{.}}</td>{{end}}</tr>
+{{end}}</table>
+{{else}}<p class="none">No streamed replies.</p>
+{{end}}
 <h2>Cost</h2>
 {{if .Cost}}<table>
 <tr><th>provider</th><th>prompt tokens</th><th>completion tokens</th><th>spend</th></tr>
@@ -275,6 +283,9 @@ func (r *Report) WriteHTML(w io.Writer) error {
 		}
 		if sp, ok := r.Spared[p]; ok {
 			page.Spared = append(page.Spared, htmlRow{p, []string{fmt.Sprint(sp.Calls), (time.Duration(sp.WaitMS) * time.Millisecond).String()}})
+		}
+		if s, ok := r.FirstChunkMS[p]; ok {
+			page.FirstChunk = append(page.FirstChunk, htmlRow{p, []string{fmt.Sprint(s.N), fmt.Sprintf("%d ms", s.P50), fmt.Sprintf("%d ms", s.P99)}})
 		}
 	}
 	for _, m := range r.Timeline {

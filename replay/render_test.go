@@ -171,7 +171,7 @@ func TestWriteJSONKeys(t *testing.T) {
 	}
 	spec := []string{"requests", "ok", "failed", "unanswered", "dead_letters", "degraded", "by_provider", "attempts",
 		"breaker_transitions", "latency_ms", "timeline"}
-	extras := []string{"since", "until", "conversation", "retries", "failed_by_code", "breaker_open", "duplicate_requests", "duplicate_replies", "cost", "spared", "impact"}
+	extras := []string{"since", "until", "conversation", "retries", "failed_by_code", "breaker_open", "duplicate_requests", "duplicate_replies", "cost", "spared", "impact", "first_chunk_ms"}
 	for _, tt := range []struct {
 		name   string
 		report *replay.Report

@@ -85,6 +85,11 @@ type Report struct {
 	Spared map[string]Spared `json:"spared"`
 	// Impact is what the users felt.
 	Impact Impact `json:"impact"`
+	// FirstChunkMS spreads the time to first chunk (the reply's
+	// first_chunk_ms: pick-up to the first chunk published) of the streamed
+	// replies, by the provider whose chunk came first. Replies that did not
+	// stream, or streamed nothing, are not counted.
+	FirstChunkMS map[string]Spread `json:"first_chunk_ms"`
 
 	// outcomes is what happened to each request id, for Compare; nil in a
 	// report read back from JSON. names resolves their reqState.what.
@@ -243,8 +248,30 @@ type replyInfo struct {
 	Error    *struct {
 		Code string `json:"code"`
 	} `json:"error"`
-	Usage  *chat.Usage `json:"usage"`
+	Usage *chat.Usage `json:"usage"`
+	// Streaming: the time to first chunk, and the attempts to tell which
+	// provider sent it.
+	FirstChunkMS int64  `json:"first_chunk_ms"`
+	Deliveries   uint64 `json:"deliveries"`
+	Attempts     []struct {
+		Provider string `json:"provider"`
+		Delivery uint64 `json:"delivery"`
+		Chunks   int    `json:"chunks"`
+	} `json:"attempts"`
 	stored int64
+}
+
+// firstChunkProvider is the provider whose chunk came first in the
+// reply's delivery, and whether the reply streamed at all: an attempt of
+// that delivery published chunks, or first_chunk_ms is set (it is omitted
+// when 0).
+func (r *replyInfo) firstChunkProvider() (string, bool) {
+	for _, a := range r.Attempts {
+		if a.Chunks > 0 && (a.Delivery == 0 || r.Deliveries == 0 || a.Delivery == r.Deliveries) {
+			return a.Provider, true
+		}
+	}
+	return r.Provider, r.FirstChunkMS > 0
 }
 
 type breakerEvent struct {
@@ -272,6 +299,7 @@ type builder struct {
 	attempts     map[string]map[chat.Outcome]int
 	tokens       map[string]*chat.Usage // serving provider → tokens of its ok replies
 	queuedMS     map[string]int64       // request id → time put back for, of those put back
+	firstChunk   map[string][]int64     // provider of the first chunk → first_chunk_ms of streamed replies
 	retries      int
 	retryMinutes map[int64]int // minute (Unix s) → retries
 	dupRequests  int
@@ -349,6 +377,7 @@ func newBuilder(subj chat.Subjects, opt Options) *builder {
 		attempts:       make(map[string]map[chat.Outcome]int),
 		tokens:         make(map[string]*chat.Usage),
 		queuedMS:       make(map[string]int64),
+		firstChunk:     make(map[string][]int64),
 		retryMinutes:   make(map[int64]int),
 	}
 }
@@ -439,6 +468,10 @@ func (b *builder) applyReply(st *reqState, r replyInfo) {
 		return
 	}
 	st.replyAt = r.stored
+	if p, ok := r.firstChunkProvider(); ok {
+		p = b.intern(p)
+		b.firstChunk[p] = append(b.firstChunk[p], max(r.FirstChunkMS, 0))
+	}
 	if r.Status == chat.StatusOK {
 		st.status, st.what, st.degraded = statusOK, b.name(r.Provider), r.Degraded
 		if r.Usage != nil {
@@ -599,6 +632,7 @@ func (b *builder) report() *Report {
 		DuplicateReplies:   b.dupReplies,
 		Cost:               Cost{ByProvider: map[string]ProviderCost{}},
 		Spared:             map[string]Spared{},
+		FirstChunkMS:       make(map[string]Spread, len(b.firstChunk)),
 		outcomes:           b.reqs,
 		names:              b.names,
 	}
@@ -611,6 +645,9 @@ func (b *builder) report() *Report {
 			r.Cost.Total += spend
 		}
 		r.Cost.ByProvider[p] = c
+	}
+	for p, ms := range b.firstChunk {
+		r.FirstChunkMS[p] = spread(ms)
 	}
 	for p, byOutcome := range b.attempts {
 		if n := byOutcome[chat.OutcomeBreakerOpen]; n > 0 {

@@ -58,6 +58,9 @@ func (r *Report) Providers() []string {
 	for _, p := range r.BreakerOpen {
 		add(p.Provider)
 	}
+	for p := range r.FirstChunkMS {
+		add(p)
+	}
 	slices.Sort(rest)
 	return append(out, rest...)
 }
@@ -197,6 +200,7 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 
 	r.writeImpact(&buf)
+	r.writeFirstChunk(&buf, providers, nameW)
 	r.writeTimeline(&buf, providers)
 	_, err := io.WriteString(w, terminalSafe(buf.String()))
 	return err
@@ -393,6 +397,24 @@ func (r *Report) impactRows() [][2]string {
 		{"waited in the queue", queued},
 		{"failed, by code", failed},
 	}
+}
+
+// writeFirstChunk draws the time to first chunk of the streamed replies per
+// provider.
+func (r *Report) writeFirstChunk(buf *bytes.Buffer, providers []string, nameW int) {
+	fmt.Fprintf(buf, "\nTime to first chunk (streamed replies, by the provider of the first chunk)\n")
+	if len(r.FirstChunkMS) == 0 {
+		fmt.Fprintf(buf, "  none\n")
+		return
+	}
+	tw := tabwriter.NewWriter(buf, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "  %-*s\treplies\tp50\tp99\t\n", nameW, "provider")
+	for _, p := range providers {
+		if s, ok := r.FirstChunkMS[p]; ok {
+			fmt.Fprintf(tw, "  %-*s\t%d\t%d ms\t%d ms\t\n", nameW, p, s.N, s.P50, s.P99)
+		}
+	}
+	tw.Flush()
 }
 
 func (r *Report) writeImpact(buf *bytes.Buffer) {

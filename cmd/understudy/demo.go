@@ -3,11 +3,14 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -25,6 +28,7 @@ import (
 type demoOptions struct {
 	duration, outageAt, outageFor, openFor time.Duration
 	rate, conversations                    int
+	streamShare                            float64
 	logLevel, report, store                string
 	cluster                                bool
 }
@@ -39,6 +43,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.outageAt, "outage-at", 0, "when deepseek goes down (default: a third of --duration)")
 	fs.DurationVar(&o.outageFor, "outage-for", 0, "how long deepseek stays down (default: a third of --duration)")
 	fs.DurationVar(&o.openFor, "open-for", 4*time.Second, "breaker.open_for (the SPEC default, 5m, is too long for a demo)")
+	fs.Float64Var(&o.streamShare, "stream-share", 0.25, "share of the requests sent with \"stream\": true (0 to 1)")
 	fs.StringVar(&o.logLevel, "log-level", "warn", "worker log level (JSON on stderr)")
 	fs.StringVar(&o.report, "report", "text", "final replay report: text, json or none")
 	fs.StringVar(&o.store, "store", "", "JetStream store directory (default: a temporary one, removed at the end)")
@@ -48,6 +53,10 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if o.duration <= 0 || o.rate <= 0 || o.conversations <= 0 || o.openFor <= 0 {
 		fmt.Fprintln(stderr, "understudy demo: --duration, --rate, --conversations and --open-for must be positive")
+		return exitUsage
+	}
+	if !(o.streamShare >= 0 && o.streamShare <= 1) {
+		fmt.Fprintln(stderr, "understudy demo: --stream-share must be 0 to 1")
 		return exitUsage
 	}
 	if o.outageAt == 0 {
@@ -70,6 +79,11 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	return demo(ctx, o, stdout, stderr)
 }
+
+// demoOutageMode is deepseek's mode during the outage: a 503 for a request
+// that does not stream, an error event after two chunks for one that does
+// (the client sees a reset, then the next provider's answer).
+const demoOutageMode = sim.ModeErrorEvent
 
 // demoConfig is the configuration the demo runs: embedded NATS serving this
 // process only, three simulated providers, a short breaker.
@@ -126,8 +140,8 @@ func demo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) int {
 	defer func() { _ = sub.Unsubscribe() }()
 
 	primary := svc.Providers[0].Sim
-	fmt.Fprintf(stdout, "understudy demo: %d req/s for %s over %d conversations; chain deepseek → llama → qwen; deepseek down from %s to %s\n",
-		o.rate, o.duration, o.conversations, o.outageAt, o.outageAt+o.outageFor)
+	fmt.Fprintf(stdout, "understudy demo: %d req/s for %s over %d conversations, %.0f%% streamed; chain deepseek → llama → qwen; deepseek down from %s to %s\n",
+		o.rate, o.duration, o.conversations, 100*o.streamShare, o.outageAt, o.outageAt+o.outageFor)
 	start := time.Now()
 	interval := time.Second / time.Duration(o.rate)
 	send := time.NewTicker(interval)
@@ -152,19 +166,20 @@ func demo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) int {
 			if down := el >= o.outageAt && el < o.outageAt+o.outageFor; down != outage {
 				outage = down
 				if down {
-					primary.SetMode(sim.ModeError)
-					fmt.Fprintf(stdout, "[%5.1fs] >>> deepseek outage begins (503s)\n", el.Seconds())
+					primary.SetMode(demoOutageMode)
+					fmt.Fprintf(stdout, "[%5.1fs] >>> deepseek outage begins (503s; streamed answers break off after 2 chunks)\n", el.Seconds())
 				} else {
 					primary.SetMode(sim.ModeOK)
 					fmt.Fprintf(stdout, "[%5.1fs] <<< deepseek is back\n", el.Seconds())
 				}
 			}
 			n++
-			if err := demoPublish(ctx, svc.Broker, subj, n, o.conversations); err != nil {
+			stream := demoStreamed(n, o.streamShare)
+			if err := demoPublish(ctx, svc.Broker, subj, n, o.conversations, stream); err != nil {
 				fmt.Fprintf(stderr, "understudy demo: publish: %v\n", err)
 				return exitFailed
 			}
-			tally.sent(fmt.Sprintf("demo-%06d", n))
+			tally.sent(fmt.Sprintf("demo-%06d", n), stream)
 		}
 	}
 	// Wait for the stragglers (queued retries included).
@@ -187,12 +202,21 @@ func demo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) int {
 	return demoFinish(ctx, o, svc, subj, tally, stdout, stderr)
 }
 
-func demoPublish(ctx context.Context, b *broker.Broker, subj chat.Subjects, n, convs int) error {
+// demoStreamed reports whether request n (from 1) streams: share of them,
+// spread evenly.
+func demoStreamed(n int, share float64) bool {
+	return math.Floor(float64(n)*share) > math.Floor(float64(n-1)*share)
+}
+
+func demoPublish(ctx context.Context, b *broker.Broker, subj chat.Subjects, n, convs int, stream bool) error {
 	id := fmt.Sprintf("demo-%06d", n)
 	conv := fmt.Sprintf("c-%02d", n%convs)
 	req := chat.Request{ID: id, Messages: []chat.Message{{Role: chat.RoleSystem, Content: "You are Lucy."},
 		{Role: chat.RoleUser, Content: fmt.Sprintf("message number %d, tell me something", n)}},
 		Deadline: time.Now().Add(40 * time.Second).UTC(), Metadata: json.RawMessage(`{"source":"demo"}`)}
+	if stream {
+		req.Stream = &stream
+	}
 	data, _ := json.Marshal(req)
 	hdr := nats.Header{}
 	hdr.Set(chat.HeaderMsgID, id)
@@ -297,28 +321,68 @@ type demoTally struct {
 	first      map[string]string
 	byProvider map[string]int
 	failed     int
+	streamed   int
+	// resets holds the resets heard live, by request id and seq (a chunk
+	// published again is heard again).
+	resets map[string]struct{}
 }
 
-// listen follows the replies heard live on every reply subject.
-func (t *demoTally) listen(nc *nats.Conn, subj chat.Subjects) (*nats.Subscription, error) {
-	return nc.Subscribe(subj.AllReplies(), func(m *nats.Msg) {
+// demoSubscription is the tally's subscriptions: the replies and the
+// streamed chunks.
+type demoSubscription []*nats.Subscription
+
+func (s demoSubscription) Unsubscribe() error {
+	var err error
+	for _, sub := range s {
+		err = errors.Join(err, sub.Unsubscribe())
+	}
+	return err
+}
+
+// listen follows the replies heard live on every reply subject, and the
+// resets on every stream subject.
+func (t *demoTally) listen(nc *nats.Conn, subj chat.Subjects) (demoSubscription, error) {
+	replies, err := nc.Subscribe(subj.AllReplies(), func(m *nats.Msg) {
 		var r chat.Reply
 		if json.Unmarshal(m.Data, &r) == nil {
 			t.replied(&r, m.Data)
 		}
 	})
+	if err != nil {
+		return nil, err
+	}
+	chunks, err := nc.Subscribe(subj.AllChunks(), func(m *nats.Msg) {
+		var c chat.Chunk
+		if json.Unmarshal(m.Data, &c) == nil && c.Reset {
+			t.reset(&c)
+		}
+	})
+	if err != nil {
+		_ = replies.Unsubscribe()
+		return nil, err
+	}
+	return demoSubscription{replies, chunks}, nil
 }
 
 func newDemoTally() *demoTally {
-	return &demoTally{ids: map[string]int{}, first: map[string]string{}, byProvider: map[string]int{}}
+	return &demoTally{ids: map[string]int{}, first: map[string]string{}, byProvider: map[string]int{}, resets: map[string]struct{}{}}
 }
 
-func (t *demoTally) sent(id string) {
+func (t *demoTally) sent(id string, stream bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if _, ok := t.ids[id]; !ok {
 		t.ids[id] = 0
+		if stream {
+			t.streamed++
+		}
 	}
+}
+
+func (t *demoTally) reset(c *chat.Chunk) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.resets[c.ID+"/"+strconv.FormatUint(c.Seq, 10)] = struct{}{}
 }
 
 // replied counts a reply heard live. A publish repeated after a lost
@@ -386,7 +450,8 @@ func (t *demoTally) line(el time.Duration, svc *service.Service, outage bool) st
 		}
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "[%5.1fs] sent %4d  answered %4d  waiting %3d  failed %d | served:", el.Seconds(), sent, answered, sent-answered, t.failed)
+	fmt.Fprintf(&b, "[%5.1fs] sent %4d  answered %4d  waiting %3d  failed %d | streamed %d  resets %d | served:",
+		el.Seconds(), sent, answered, sent-answered, t.failed, t.streamed, len(t.resets))
 	for _, l := range svc.Chain.Links() {
 		fmt.Fprintf(&b, " %s %d", l.Provider.Name(), t.byProvider[l.Provider.Name()])
 	}

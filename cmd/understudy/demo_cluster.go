@@ -143,8 +143,9 @@ func demoCluster(ctx context.Context, o demoOptions, stdout, stderr io.Writer) i
 				}
 			}
 			id := fmt.Sprintf("demo-%06d", n)
-			tally.sent(id)
-			if err := demoPublishRetrying(ctx, b, subj, n, o.conversations); err != nil {
+			stream := demoStreamed(n, o.streamShare)
+			tally.sent(id, stream)
+			if err := demoPublishRetrying(ctx, b, subj, n, o.conversations, stream); err != nil {
 				sendErr <- err
 				return
 			}
@@ -187,13 +188,13 @@ func demoCluster(ctx context.Context, o demoOptions, stdout, stderr io.Writer) i
 				outage = down
 				for _, r := range replicas {
 					if down {
-						r.svc.Providers[0].Sim.SetMode(sim.ModeError)
+						r.svc.Providers[0].Sim.SetMode(demoOutageMode)
 					} else {
 						r.svc.Providers[0].Sim.SetMode(sim.ModeOK)
 					}
 				}
 				if down {
-					fmt.Fprintf(stdout, "[%5.1fs] >>> deepseek outage begins (503s)\n", el.Seconds())
+					fmt.Fprintf(stdout, "[%5.1fs] >>> deepseek outage begins (503s; streamed answers break off after 2 chunks)\n", el.Seconds())
 				} else {
 					fmt.Fprintf(stdout, "[%5.1fs] <<< deepseek is back\n", el.Seconds())
 				}
@@ -264,13 +265,13 @@ func demoCluster(ctx context.Context, o demoOptions, stdout, stderr io.Writer) i
 
 // demoPublishRetrying publishes request n, again under the same id while
 // the stream cannot take it (a leader election), for up to 30 s.
-func demoPublishRetrying(ctx context.Context, b *broker.Broker, subj chat.Subjects, n, convs int) error {
+func demoPublishRetrying(ctx context.Context, b *broker.Broker, subj chat.Subjects, n, convs int, stream bool) error {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		// A publish lost with a node (sent to a leader that died) is
 		// given up on after 2s, not demoPublish's 5s: the sender waits.
 		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		err := demoPublish(actx, b, subj, n, convs)
+		err := demoPublish(actx, b, subj, n, convs, stream)
 		cancel()
 		if err == nil || ctx.Err() != nil || time.Now().After(deadline) {
 			return err

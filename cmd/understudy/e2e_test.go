@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -399,7 +401,18 @@ func TestDemo(t *testing.T) {
 	if !strings.Contains(out, "deepseek outage begins") || !strings.Contains(out, "deepseek is back") {
 		t.Errorf("stdout does not show the outage:\n%s", out)
 	}
-	t.Logf("demo took %s", took)
+	// The live line counts the streamed requests (a quarter, by default)
+	// and the resets heard on the stream subjects; whether deepseek is
+	// called for a streamed request during the outage is up to timing.
+	lines := regexp.MustCompile(`(?m)^\[.*\| streamed (\d+)  resets (\d+) \| served:`).FindAllStringSubmatch(out, -1)
+	if len(lines) == 0 {
+		t.Fatalf("no live line with the streamed requests and resets:\n%s", out)
+	}
+	last := lines[len(lines)-1]
+	if streamed, _ := strconv.Atoi(last[1]); streamed == 0 {
+		t.Errorf("no request streamed: %s", last[0])
+	}
+	t.Logf("demo took %s; last line: %s", took, last[0])
 }
 
 // SPEC §5, §7: `understudy sim` serves a simulated provider until SIGTERM.
