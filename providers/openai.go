@@ -19,8 +19,10 @@ import (
 type openAI struct {
 	name, model string
 	settings    Settings
-	svc         openai.ChatCompletionService
-	transport   *http.Transport
+	// svc is the openai-go SDK's service when Config.Client is openai-go;
+	// nil: the lean client (lean.go).
+	svc       *openai.ChatCompletionService
+	transport *http.Transport
 	// baseURL, apiKey and client serve Stream, which reads the server-sent
 	// events itself (stream.go says why).
 	baseURL, apiKey string
@@ -32,11 +34,12 @@ var (
 	_ Streamer = (*openAI)(nil)
 )
 
-// newOpenAI builds a client for an OpenAI-compatible endpoint. The SDK's
+// newOpenAI builds a client for an OpenAI-compatible endpoint, with the
+// given client (ClientLean or ClientOpenAIGo; "" is lean). The SDK's
 // retries are switched off (Understudy owns retries) and the SDK's own
 // OPENAI_* environment defaults are not read: the service is built directly,
 // with only what the configuration says.
-func newOpenAI(name, baseURL, model, apiKey string, maxConns int, settings Settings) *openAI {
+func newOpenAI(name, baseURL, model, apiKey, clientKind string, maxConns int, settings Settings) *openAI {
 	transport := &http.Transport{
 		Proxy:               http.ProxyFromEnvironment,
 		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
@@ -47,6 +50,11 @@ func newOpenAI(name, baseURL, model, apiKey string, maxConns int, settings Setti
 		ForceAttemptHTTP2:   true,
 	}
 	client := &http.Client{Transport: transport}
+	p := &openAI{name: name, model: model, settings: settings, transport: transport,
+		baseURL: strings.TrimSuffix(baseURL, "/"), apiKey: apiKey, client: client}
+	if clientKind != ClientOpenAIGo {
+		return p
+	}
 	opts := []option.RequestOption{
 		option.WithBaseURL(baseURL),
 		option.WithMaxRetries(0),
@@ -57,8 +65,9 @@ func newOpenAI(name, baseURL, model, apiKey string, maxConns int, settings Setti
 	if apiKey != "" {
 		opts = append(opts, option.WithAPIKey(apiKey))
 	}
-	return &openAI{name: name, model: model, settings: settings, svc: openai.NewChatCompletionService(opts...), transport: transport,
-		baseURL: strings.TrimSuffix(baseURL, "/"), apiKey: apiKey, client: client}
+	svc := openai.NewChatCompletionService(opts...)
+	p.svc = &svc
+	return p
 }
 
 // Close drops the idle connections of the provider's pool.
@@ -72,6 +81,9 @@ func (p *openAI) Model() string { return p.model }
 
 func (p *openAI) Complete(ctx context.Context, req *Request) (*Response, error) {
 	req = p.settings.Apply(req)
+	if p.svc == nil {
+		return p.completeLean(ctx, req)
+	}
 	params := openai.ChatCompletionNewParams{Model: p.model}
 	for _, m := range req.Messages {
 		switch m.Role {
