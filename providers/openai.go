@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -118,10 +119,11 @@ func (p *openAI) Complete(ctx context.Context, req *Request) (*Response, error) 
 		if raw != nil && raw.StatusCode >= 400 && ctx.Err() == nil {
 			return nil, ClassifyStatus(raw.StatusCode, raw.Header, time.Now(), err)
 		}
-		// A success status with a body that is not JSON is malformed.
+		// A success status with a body that is not JSON (or empty) is
+		// malformed.
 		var syntaxErr *json.SyntaxError
 		var typeErr *json.UnmarshalTypeError
-		if raw != nil && (errors.As(err, &syntaxErr) || errors.As(err, &typeErr)) {
+		if raw != nil && ctx.Err() == nil && (errors.As(err, &syntaxErr) || errors.As(err, &typeErr) || errors.Is(err, io.EOF)) {
 			return nil, &Error{Outcome: chat.OutcomeError, StatusCode: raw.StatusCode, Err: fmt.Errorf("%w: %w", ErrMalformed, err)}
 		}
 		return nil, ClassifyTransport(ctx, err)

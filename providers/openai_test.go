@@ -659,3 +659,31 @@ func TestBuild(t *testing.T) {
 		}
 	})
 }
+
+// TestOpenAIMalformedAnswers checks that a 200 whose body is not a usable
+// chat completion is an error of status 200 wrapping ErrMalformed, for both
+// clients alike.
+func TestOpenAIMalformedAnswers(t *testing.T) {
+	eachClient(t, func(t *testing.T, client string) {
+		for _, tt := range []struct{ name, body string }{
+			{"empty body", ""},
+			{"not JSON", "<html>502 Bad Gateway</html>"},
+			{"choices of the wrong type", `{"id":"x","object":"chat.completion","choices":"none"}`},
+			{"no choices", `{"id":"x","object":"chat.completion","choices":[]}`},
+		} {
+			t.Run(tt.name, func(t *testing.T) {
+				srv := newServer(t, func(_ *countingServer, w http.ResponseWriter, r *http.Request) {
+					drain(r)
+					w.Header().Set("Content-Type", "application/json")
+					_, _ = w.Write([]byte(tt.body))
+				})
+				p := buildOpenAI(t, providers.Config{Client: client, BaseURL: srv.URL + "/v1"})
+				r := complete(t, p, 5*time.Second, hello())
+				pe := asError(t, r.err)
+				if pe.Outcome != chat.OutcomeError || pe.StatusCode != http.StatusOK || !errors.Is(pe, providers.ErrMalformed) {
+					t.Errorf("Error = {Outcome:%q StatusCode:%d} (err %v), want error, 200, ErrMalformed", pe.Outcome, pe.StatusCode, pe)
+				}
+			})
+		}
+	})
+}
