@@ -19,6 +19,15 @@ const (
 	KindSim    = "sim"
 )
 
+// Clients of kind openai (and sim), for Config.Client.
+const (
+	// ClientLean is the project's own client on net/http: the request
+	// encoded from a small struct, the answer decoded into a minimal one.
+	ClientLean = "lean"
+	// ClientOpenAIGo is the official openai-go SDK, its retries off.
+	ClientOpenAIGo = "openai-go"
+)
+
 // Config is one entry of the configuration's providers list, in chain order.
 type Config struct {
 	// Name identifies the provider in replies, events, metrics and logs.
@@ -28,6 +37,10 @@ type Config struct {
 	Kind string `yaml:"kind"`
 	// BaseURL of the OpenAI-compatible API, up to /v1. Required for openai.
 	BaseURL string `yaml:"base_url"`
+	// Client makes the non-streaming calls: "lean" (ClientLean) or
+	// "openai-go" (ClientOpenAIGo). Optional; default lean. Streamed calls
+	// always use the lean reader (stream.go).
+	Client string `yaml:"client"`
 	// Model asked for. Required for openai; for sim default "sim-<name>".
 	Model string `yaml:"model"`
 	// APIKeyEnv names the environment variable holding the API key.
@@ -151,6 +164,9 @@ func (c Config) Validate(key string) error {
 	if t := c.Temperature; t != nil && !(*t >= 0 && *t <= 2) {
 		return fmt.Errorf("%s.temperature: must be 0 to 2, got %v", key, *t)
 	}
+	if c.Client != "" && c.Client != ClientLean && c.Client != ClientOpenAIGo {
+		return fmt.Errorf("%s.client: %q is not lean or openai-go", key, c.Client)
+	}
 	switch c.Kind {
 	case KindOpenAI:
 		u, err := url.Parse(c.BaseURL)
@@ -227,7 +243,7 @@ func Build(c Config, maxConns int) (*Built, error) {
 				return nil, fmt.Errorf("%w: environment variable %s (api_key_env of provider %s) is not set", ErrMissingKey, c.APIKeyEnv, c.Name)
 			}
 		}
-		return &Built{Provider: newOpenAI(c.Name, c.BaseURL, c.Model, key, maxConns, c.settings()), Timeout: c.Timeout}, nil
+		return &Built{Provider: newOpenAI(c.Name, c.BaseURL, c.Model, key, c.Client, maxConns, c.settings()), Timeout: c.Timeout}, nil
 	case KindSim:
 		cfg := c.Sim
 		if cfg.Model == "" {
@@ -238,7 +254,7 @@ func Build(c Config, maxConns int) (*Built, error) {
 		if err != nil {
 			return nil, fmt.Errorf("provider %s: %w", c.Name, err)
 		}
-		return &Built{Provider: newOpenAI(c.Name, u, c.Model, "", maxConns, c.settings()), Timeout: c.Timeout, Sim: srv}, nil
+		return &Built{Provider: newOpenAI(c.Name, u, c.Model, "", c.Client, maxConns, c.settings()), Timeout: c.Timeout, Sim: srv}, nil
 	}
 	return nil, errors.New("provider " + c.Name + ": unknown kind " + c.Kind)
 }

@@ -73,6 +73,10 @@ func TestConfigValidate(t *testing.T) {
 		{name: "base_url without host", c: func() providers.Config { c := valid(); c.BaseURL = "https:///v1"; return c }(), wantKey: "providers[0].base_url"},
 		{name: "base_url unparsable", c: func() providers.Config { c := valid(); c.BaseURL = "http://[::1"; return c }(), wantKey: "providers[0].base_url"},
 		{name: "missing model", c: func() providers.Config { c := valid(); c.Model = ""; return c }(), wantKey: "providers[0].model"},
+		{name: "client lean", c: func() providers.Config { c := valid(); c.Client = providers.ClientLean; return c }()},
+		{name: "client openai-go", c: func() providers.Config { c := valid(); c.Client = providers.ClientOpenAIGo; return c }()},
+		{name: "sim with client openai-go", c: func() providers.Config { c := validSim(); c.Client = providers.ClientOpenAIGo; return c }()},
+		{name: "unknown client", c: func() providers.Config { c := valid(); c.Client = "resty"; return c }(), wantKey: "providers[0].client"},
 		// The key is checked when the provider is built, not when the file
 		// is read (send and replay need no keys): see TestBuildMissingKey.
 		{name: "api_key_env unset is checked by Build", c: func() providers.Config { c := valid(); c.APIKeyEnv = "UNDERSTUDY_TEST_NEVER_SET_42"; return c }()},

@@ -6,7 +6,8 @@
 //
 // Two kinds exist: "openai" for any OpenAI-compatible /chat/completions
 // endpoint (DeepSeek, Together, Groq, Fireworks, DashScope, vLLM, Ollama),
-// built on the official openai-go SDK with its own retries switched off,
-// and "sim", the same client pointed at an in-process simulated provider
-// (package sim).
+// by default on a lean client of its own on net/http (lean.go; streamed
+// calls in stream.go), or, with client openai-go, on the official openai-go
+// SDK with its own retries switched off; and "sim", the same client pointed
+// at an in-process simulated provider (package sim).
 package providers

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -19,8 +20,10 @@ import (
 type openAI struct {
 	name, model string
 	settings    Settings
-	svc         openai.ChatCompletionService
-	transport   *http.Transport
+	// svc is the openai-go SDK's service when Config.Client is openai-go;
+	// nil: the lean client (lean.go).
+	svc       *openai.ChatCompletionService
+	transport *http.Transport
 	// baseURL, apiKey and client serve Stream, which reads the server-sent
 	// events itself (stream.go says why).
 	baseURL, apiKey string
@@ -32,11 +35,12 @@ var (
 	_ Streamer = (*openAI)(nil)
 )
 
-// newOpenAI builds a client for an OpenAI-compatible endpoint. The SDK's
+// newOpenAI builds a client for an OpenAI-compatible endpoint, with the
+// given client (ClientLean or ClientOpenAIGo; "" is lean). The SDK's
 // retries are switched off (Understudy owns retries) and the SDK's own
 // OPENAI_* environment defaults are not read: the service is built directly,
 // with only what the configuration says.
-func newOpenAI(name, baseURL, model, apiKey string, maxConns int, settings Settings) *openAI {
+func newOpenAI(name, baseURL, model, apiKey, clientKind string, maxConns int, settings Settings) *openAI {
 	transport := &http.Transport{
 		Proxy:               http.ProxyFromEnvironment,
 		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
@@ -47,6 +51,11 @@ func newOpenAI(name, baseURL, model, apiKey string, maxConns int, settings Setti
 		ForceAttemptHTTP2:   true,
 	}
 	client := &http.Client{Transport: transport}
+	p := &openAI{name: name, model: model, settings: settings, transport: transport,
+		baseURL: strings.TrimSuffix(baseURL, "/"), apiKey: apiKey, client: client}
+	if clientKind != ClientOpenAIGo {
+		return p
+	}
 	opts := []option.RequestOption{
 		option.WithBaseURL(baseURL),
 		option.WithMaxRetries(0),
@@ -57,8 +66,9 @@ func newOpenAI(name, baseURL, model, apiKey string, maxConns int, settings Setti
 	if apiKey != "" {
 		opts = append(opts, option.WithAPIKey(apiKey))
 	}
-	return &openAI{name: name, model: model, settings: settings, svc: openai.NewChatCompletionService(opts...), transport: transport,
-		baseURL: strings.TrimSuffix(baseURL, "/"), apiKey: apiKey, client: client}
+	svc := openai.NewChatCompletionService(opts...)
+	p.svc = &svc
+	return p
 }
 
 // Close drops the idle connections of the provider's pool.
@@ -72,6 +82,9 @@ func (p *openAI) Model() string { return p.model }
 
 func (p *openAI) Complete(ctx context.Context, req *Request) (*Response, error) {
 	req = p.settings.Apply(req)
+	if p.svc == nil {
+		return p.completeLean(ctx, req)
+	}
 	params := openai.ChatCompletionNewParams{Model: p.model}
 	for _, m := range req.Messages {
 		switch m.Role {
@@ -106,10 +119,11 @@ func (p *openAI) Complete(ctx context.Context, req *Request) (*Response, error) 
 		if raw != nil && raw.StatusCode >= 400 && ctx.Err() == nil {
 			return nil, ClassifyStatus(raw.StatusCode, raw.Header, time.Now(), err)
 		}
-		// A success status with a body that is not JSON is malformed.
+		// A success status with a body that is not JSON (or empty) is
+		// malformed.
 		var syntaxErr *json.SyntaxError
 		var typeErr *json.UnmarshalTypeError
-		if raw != nil && (errors.As(err, &syntaxErr) || errors.As(err, &typeErr)) {
+		if raw != nil && ctx.Err() == nil && (errors.As(err, &syntaxErr) || errors.As(err, &typeErr) || errors.Is(err, io.EOF)) {
 			return nil, &Error{Outcome: chat.OutcomeError, StatusCode: raw.StatusCode, Err: fmt.Errorf("%w: %w", ErrMalformed, err)}
 		}
 		return nil, ClassifyTransport(ctx, err)

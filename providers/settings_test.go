@@ -20,83 +20,85 @@ import (
 // provider received: the primary gets the request as it is, the fallback
 // its own max_tokens, temperature and instruction.
 func TestProviderSettings(t *testing.T) {
-	f := func(v float64) *float64 { return &v }
-	n := func(v int) *int { return &v }
-	sys := func(c string) sim.Message { return sim.Message{Role: chat.RoleSystem, Content: c} }
-	usr := func(c string) sim.Message { return sim.Message{Role: chat.RoleUser, Content: c} }
-	const suffix = "Answer in one short paragraph."
-	tests := []struct {
-		name     string
-		settings providers.Config // MaxTokens, Temperature, SystemSuffix
-		req      providers.Request
-		want     sim.Received // Model left out
-	}{
-		{
-			name: "none: the request as it is",
-			req:  providers.Request{Messages: []chat.Message{{Role: chat.RoleUser, Content: "hi"}}, MaxTokens: 512, Temperature: f(0.7)},
-			want: sim.Received{Messages: []sim.Message{usr("hi")}, MaxTokens: n(512), Temperature: f(0.7)},
-		},
-		{
-			name:     "suffix appended to the last system message after a blank line",
-			settings: providers.Config{SystemSuffix: suffix},
-			req: providers.Request{Messages: []chat.Message{{Role: chat.RoleSystem, Content: "You are Lucy."},
-				{Role: chat.RoleUser, Content: "hi"}, {Role: chat.RoleSystem, Content: "Be kind."}, {Role: chat.RoleUser, Content: "so?"}}},
-			want: sim.Received{Messages: []sim.Message{sys("You are Lucy."), usr("hi"), sys("Be kind.\n\n" + suffix), usr("so?")}},
-		},
-		{
-			name:     "suffix as a first system message when there is none",
-			settings: providers.Config{SystemSuffix: suffix},
-			req:      providers.Request{Messages: []chat.Message{{Role: chat.RoleUser, Content: "hi"}}},
-			want:     sim.Received{Messages: []sim.Message{sys(suffix), usr("hi")}},
-		},
-		{
-			name:     "max_tokens and temperature replace the request's",
-			settings: providers.Config{MaxTokens: 64, Temperature: f(0)},
-			req:      providers.Request{Messages: []chat.Message{{Role: chat.RoleUser, Content: "hi"}}, MaxTokens: 512, Temperature: f(0.7)},
-			want:     sim.Received{Messages: []sim.Message{usr("hi")}, MaxTokens: n(64), Temperature: f(0)},
-		},
-		{
-			name:     "max_tokens and temperature where the request has none",
-			settings: providers.Config{MaxTokens: 64, Temperature: f(1.2)},
-			req:      providers.Request{Messages: []chat.Message{{Role: chat.RoleUser, Content: "hi"}}},
-			want:     sim.Received{Messages: []sim.Message{usr("hi")}, MaxTokens: n(64), Temperature: f(1.2)},
-		},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			primary := buildOpenAI(t, providers.Config{Name: "deepseek", Kind: providers.KindSim})
-			fallback := tt.settings
-			fallback.Name, fallback.Kind = "llama", providers.KindSim
-			second := buildOpenAI(t, fallback)
-			primary.Sim.Record(4)
-			second.Sim.Record(4)
+	eachClient(t, func(t *testing.T, client string) {
+		f := func(v float64) *float64 { return &v }
+		n := func(v int) *int { return &v }
+		sys := func(c string) sim.Message { return sim.Message{Role: chat.RoleSystem, Content: c} }
+		usr := func(c string) sim.Message { return sim.Message{Role: chat.RoleUser, Content: c} }
+		const suffix = "Answer in one short paragraph."
+		tests := []struct {
+			name     string
+			settings providers.Config // MaxTokens, Temperature, SystemSuffix
+			req      providers.Request
+			want     sim.Received // Model left out
+		}{
+			{
+				name: "none: the request as it is",
+				req:  providers.Request{Messages: []chat.Message{{Role: chat.RoleUser, Content: "hi"}}, MaxTokens: 512, Temperature: f(0.7)},
+				want: sim.Received{Messages: []sim.Message{usr("hi")}, MaxTokens: n(512), Temperature: f(0.7)},
+			},
+			{
+				name:     "suffix appended to the last system message after a blank line",
+				settings: providers.Config{Client: client, SystemSuffix: suffix},
+				req: providers.Request{Messages: []chat.Message{{Role: chat.RoleSystem, Content: "You are Lucy."},
+					{Role: chat.RoleUser, Content: "hi"}, {Role: chat.RoleSystem, Content: "Be kind."}, {Role: chat.RoleUser, Content: "so?"}}},
+				want: sim.Received{Messages: []sim.Message{sys("You are Lucy."), usr("hi"), sys("Be kind.\n\n" + suffix), usr("so?")}},
+			},
+			{
+				name:     "suffix as a first system message when there is none",
+				settings: providers.Config{Client: client, SystemSuffix: suffix},
+				req:      providers.Request{Messages: []chat.Message{{Role: chat.RoleUser, Content: "hi"}}},
+				want:     sim.Received{Messages: []sim.Message{sys(suffix), usr("hi")}},
+			},
+			{
+				name:     "max_tokens and temperature replace the request's",
+				settings: providers.Config{Client: client, MaxTokens: 64, Temperature: f(0)},
+				req:      providers.Request{Messages: []chat.Message{{Role: chat.RoleUser, Content: "hi"}}, MaxTokens: 512, Temperature: f(0.7)},
+				want:     sim.Received{Messages: []sim.Message{usr("hi")}, MaxTokens: n(64), Temperature: f(0)},
+			},
+			{
+				name:     "max_tokens and temperature where the request has none",
+				settings: providers.Config{Client: client, MaxTokens: 64, Temperature: f(1.2)},
+				req:      providers.Request{Messages: []chat.Message{{Role: chat.RoleUser, Content: "hi"}}},
+				want:     sim.Received{Messages: []sim.Message{usr("hi")}, MaxTokens: n(64), Temperature: f(1.2)},
+			},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				primary := buildOpenAI(t, providers.Config{Client: client, Name: "deepseek", Kind: providers.KindSim})
+				fallback := tt.settings
+				fallback.Name, fallback.Kind = "llama", providers.KindSim
+				second := buildOpenAI(t, fallback)
+				primary.Sim.Record(4)
+				second.Sim.Record(4)
 
-			before := tt.req
-			before.Messages = append([]chat.Message(nil), tt.req.Messages...)
-			for _, p := range []*providers.Built{primary, second} {
-				if r := complete(t, p, 5*time.Second, &tt.req); r.err != nil {
-					t.Fatalf("%s: Complete: %v", p.Name(), r.err)
+				before := tt.req
+				before.Messages = append([]chat.Message(nil), tt.req.Messages...)
+				for _, p := range []*providers.Built{primary, second} {
+					if r := complete(t, p, 5*time.Second, &tt.req); r.err != nil {
+						t.Fatalf("%s: Complete: %v", p.Name(), r.err)
+					}
 				}
-			}
-			if !reflect.DeepEqual(tt.req, before) {
-				t.Errorf("the request was changed by a provider: %+v, was %+v", tt.req, before)
-			}
-			asIs := sim.Received{Model: "sim-deepseek", MaxTokens: nonZero(tt.req.MaxTokens), Temperature: tt.req.Temperature}
-			for _, m := range tt.req.Messages {
-				asIs.Messages = append(asIs.Messages, sim.Message{Role: m.Role, Content: m.Content})
-			}
-			tt.want.Model = "sim-llama"
-			for _, c := range []struct {
-				p    *providers.Built
-				want sim.Received
-			}{{primary, asIs}, {second, tt.want}} {
-				got := c.p.Sim.Received()
-				if len(got) != 1 || !reflect.DeepEqual(got[0], c.want) {
-					t.Errorf("%s received %s, want [%s]", c.p.Name(), show(got...), show(c.want))
+				if !reflect.DeepEqual(tt.req, before) {
+					t.Errorf("the request was changed by a provider: %+v, was %+v", tt.req, before)
 				}
-			}
-		})
-	}
+				asIs := sim.Received{Model: "sim-deepseek", MaxTokens: nonZero(tt.req.MaxTokens), Temperature: tt.req.Temperature}
+				for _, m := range tt.req.Messages {
+					asIs.Messages = append(asIs.Messages, sim.Message{Role: m.Role, Content: m.Content})
+				}
+				tt.want.Model = "sim-llama"
+				for _, c := range []struct {
+					p    *providers.Built
+					want sim.Received
+				}{{primary, asIs}, {second, tt.want}} {
+					got := c.p.Sim.Received()
+					if len(got) != 1 || !reflect.DeepEqual(got[0], c.want) {
+						t.Errorf("%s received %s, want [%s]", c.p.Name(), show(got...), show(c.want))
+					}
+				}
+			})
+		}
+	})
 }
 
 func nonZero(v int) *int {
