@@ -40,10 +40,18 @@ func DecodeRequest(data []byte, subjectConv string, lim DecodeLimits) (Request, 
 	if !utf8.Valid(data) {
 		return req, fmt.Errorf("%w: payload is not valid UTF-8", ErrInvalid)
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(&req); err != nil {
-		req = Request{ID: RequestID(data)}
-		return req, fmt.Errorf("%w: body is not a JSON request: %v", ErrInvalid, err)
+	// The common case, one JSON value and nothing after it, decodes without
+	// a json.Decoder's copy of the payload; anything else is decoded again
+	// the slow way below, which explains what is wrong with it.
+	trailing := false
+	if err := json.Unmarshal(data, &req); err != nil {
+		req = Request{}
+		dec := json.NewDecoder(bytes.NewReader(data))
+		if err := dec.Decode(&req); err != nil {
+			req = Request{ID: RequestID(data)}
+			return req, fmt.Errorf("%w: body is not a JSON request: %v", ErrInvalid, err)
+		}
+		trailing = len(bytes.TrimSpace(data[dec.InputOffset():])) > 0
 	}
 	// An unusable id is never echoed, whatever else is wrong.
 	if err := checkID(req.ID); err != nil {
@@ -54,7 +62,7 @@ func DecodeRequest(data []byte, subjectConv string, lim DecodeLimits) (Request, 
 		req.Metadata = nil // never echoed
 		return req, fmt.Errorf("%w: metadata of %d bytes is over the limit of %d (worker.max_metadata_bytes)", ErrInvalid, n, lim.MaxMetadataBytes)
 	}
-	if len(bytes.TrimSpace(data[dec.InputOffset():])) > 0 {
+	if trailing {
 		return req, fmt.Errorf("%w: trailing data after the JSON object", ErrInvalid)
 	}
 	if !ValidConversationID(subjectConv) {

@@ -3,6 +3,7 @@ package chat
 import (
 	"bytes"
 	"encoding/json"
+	"sync"
 	"time"
 )
 
@@ -139,12 +140,38 @@ const (
 // Marshal encodes a reply, an event or a status as the contract writes
 // them: JSON without HTML escaping, so an echoed '<' stays one byte and not
 // six ("\u003c").
+//
+// The encoder and its buffer are reused (a worker encodes a reply, an event
+// and a status per request); the result is a copy the caller owns.
 func Marshal(v any) ([]byte, error) {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
+	e := encoders.Get().(*encoder)
+	defer e.put()
+	if err := e.enc.Encode(v); err != nil {
 		return nil, err
 	}
-	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
+	return bytes.Clone(bytes.TrimSuffix(e.buf.Bytes(), []byte("\n"))), nil
+}
+
+// encoder is a reusable JSON encoder without HTML escaping.
+type encoder struct {
+	buf bytes.Buffer
+	enc *json.Encoder
+}
+
+// maxPooledBuf: a buffer grown past this (a huge reply) is not kept.
+const maxPooledBuf = 64 << 10
+
+var encoders = sync.Pool{New: func() any {
+	e := &encoder{}
+	e.enc = json.NewEncoder(&e.buf)
+	e.enc.SetEscapeHTML(false)
+	return e
+}}
+
+func (e *encoder) put() {
+	if e.buf.Cap() > maxPooledBuf {
+		return
+	}
+	e.buf.Reset()
+	encoders.Put(e)
 }

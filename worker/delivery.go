@@ -7,8 +7,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/rs/zerolog"
-
 	"github.com/understudy-ai/understudy/broker"
 	"github.com/understudy-ai/understudy/chat"
 )
@@ -23,7 +21,7 @@ type delivery struct {
 	m        *broker.Delivery
 	token    string
 	req      chat.Request
-	log      zerolog.Logger
+	log      deliveryLog
 	start    time.Time
 	deadline time.Time
 
@@ -45,7 +43,8 @@ type delivery struct {
 }
 
 func (p *Pool) pickUp(m *broker.Delivery) *delivery {
-	d := &delivery{p: p, m: m, token: p.subj.ConversationOf(m.Subject), log: p.log, start: time.Now()}
+	d := &delivery{p: p, m: m, token: p.subj.ConversationOf(m.Subject), start: time.Now()}
+	d.log.base = p.log
 	d.lostCtx, d.lose = context.WithCancel(context.Background())
 	d.stopKeepAlive = d.keepAlive()
 	return d
@@ -119,7 +118,7 @@ func (d *delivery) putBack(delay time.Duration) {
 func (d *delivery) finish(ctx context.Context) {
 	c := d.claim.Swap(nil)
 	if c == nil {
-		d.p.finish(ctx, d.m.StreamSeq, d.req.ID, &d.log)
+		d.p.finish(ctx, d.m.StreamSeq, d.req.ID, d.log.Logger())
 		return
 	}
 	if err := d.p.write(ctx, c.Finish); err != nil {

@@ -279,17 +279,26 @@ func (p *Pool) writeCtx(ctx context.Context) (context.Context, context.CancelFun
 // so a try lost in a leader election is repeated soon. Repeating the same
 // message matters: a publish whose acknowledgement was lost may have been
 // heard live, and must not be followed by a different answer.
+//
+// Each try's context is derived straight from ctx (without its cancel) with
+// the earlier of its own deadline and the budget's: one timer a try, not
+// two; most writes land on the first.
 func (p *Pool) write(ctx context.Context, fn func(context.Context) error) error {
-	wctx, cancel := p.writeCtx(ctx)
-	defer cancel()
+	base := context.WithoutCancel(ctx)
+	end := time.Now().Add(p.writeBudget())
 	try := min(p.ackWait(), 5*time.Second)
 	for {
-		tctx, tcancel := context.WithTimeout(wctx, try)
+		dl := time.Now().Add(try)
+		if dl.After(end) {
+			dl = end
+		}
+		tctx, tcancel := context.WithDeadline(base, dl)
 		err := fn(tctx)
 		tcancel()
-		if err == nil || errors.Is(err, broker.ErrUnstorable) || !sleep(wctx, writeRetryWait) {
+		if err == nil || errors.Is(err, broker.ErrUnstorable) || time.Until(end) <= writeRetryWait {
 			return err
 		}
+		sleep(base, writeRetryWait)
 	}
 }
 

@@ -34,8 +34,7 @@ func (d *delivery) work(ctx context.Context) {
 		d.reject(ctx, err)
 		return
 	}
-	d.log = p.log.With().Str("request_id", req.ID).Str("conversation_id", req.ConversationID).
-		Uint64("delivery", d.m.NumDelivered).Uint64("stream_seq", d.m.StreamSeq).Logger()
+	d.log.set(logFields{requestID: req.ID, conv: req.ConversationID, delivery: d.m.NumDelivered, seq: d.m.StreamSeq})
 	if d.m.NumDelivered == 1 {
 		p.m.queueWait.Observe(d.start.Sub(d.m.Published).Seconds())
 	}
@@ -138,7 +137,7 @@ func (p *Pool) decodeLimits() chat.DecodeLimits {
 }
 
 // observer records each attempt: metrics, event, log.
-func (p *Pool) observer(req *chat.Request, d *broker.Delivery, log *zerolog.Logger) AttemptObserver {
+func (p *Pool) observer(req *chat.Request, d *broker.Delivery, log *deliveryLog) AttemptObserver {
 	return func(a chat.Attempt, err error) {
 		p.m.attempts.WithLabelValues(a.Provider, string(a.Outcome)).Inc()
 		if called(a) {
@@ -247,7 +246,7 @@ func (d *delivery) giveUp(ctx context.Context, attempts []chat.Attempt, code, re
 	// not recorded as answered: a corrected resend with its id is served.
 	refused := code == chat.CodeInvalidRequest
 	f := failure{code: code, reason: reason, attempts: d.attemptsSoFar(ctx, attempts), start: d.start, markAnswered: !refused}
-	if err := d.p.deadLetter(ctx, fromDelivery(d.m), &d.req, d.token, f, &d.log); err != nil {
+	if err := d.p.deadLetter(ctx, fromDelivery(d.m), &d.req, d.token, f, d.log.Logger()); err != nil {
 		d.log.Warn().Err(err).Msg("cannot give up on the request yet; putting it back")
 		d.release(ctx)
 		d.putBack(d.p.cfg.RequeueMin)
@@ -264,10 +263,11 @@ func (d *delivery) giveUp(ctx context.Context, attempts []chat.Attempt, code, re
 
 // reject gives up on a request that can never be served.
 func (d *delivery) reject(ctx context.Context, cause error) {
-	d.log = d.p.log.With().Str("request_id", d.req.ID).Uint64("stream_seq", d.m.StreamSeq).Logger()
+	f := logFields{requestID: d.req.ID, seq: d.m.StreamSeq, rejected: true}
 	if chat.ValidConversationID(d.token) {
-		d.log = d.log.With().Str("conversation_id", d.token).Logger()
+		f.conv = d.token
 	}
+	d.log.set(f)
 	d.giveUp(ctx, nil, chat.CodeInvalidRequest, cause.Error())
 }
 
