@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -82,8 +83,53 @@ type Claim struct {
 
 func (b *Broker) claimValue(v claimValue) []byte {
 	v.At = b.now()
+	if data, ok := v.appendJSON(make([]byte, 0, 128)); ok {
+		return data
+	}
 	data, _ := json.Marshal(v)
 	return data
+}
+
+// appendJSON appends v as json.Marshal writes it, without reflection (two
+// claim writes a request): false when a value needs what only json.Marshal
+// does (escaping the worker id, a year outside 0-9999), and the caller
+// uses it instead.
+func (v *claimValue) appendJSON(b []byte) ([]byte, bool) {
+	if y := v.At.Year(); y < 0 || y > 9999 || !plainJSON(v.Worker) {
+		return b, false
+	}
+	b = append(b, `{"done":`...)
+	b = strconv.AppendBool(b, v.Done)
+	if v.Requeued {
+		b = append(b, `,"requeued":true`...)
+	}
+	if v.Released {
+		b = append(b, `,"released":true`...)
+	}
+	b = append(b, `,"seq":`...)
+	b = strconv.AppendUint(b, v.Seq, 10)
+	b = append(b, `,"worker":"`...)
+	b = append(b, v.Worker...)
+	b = append(b, `","at":"`...)
+	b = v.At.AppendFormat(b, time.RFC3339Nano)
+	b = append(b, '"')
+	if v.StaleMS != 0 {
+		b = append(b, `,"stale_ms":`...)
+		b = strconv.AppendInt(b, v.StaleMS, 10)
+	}
+	return append(b, '}'), true
+}
+
+// plainJSON reports whether json.Marshal writes s as it is, between quotes:
+// printable ASCII, none of the characters it escapes.
+func plainJSON(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c < 0x20 || c > 0x7e, c == '"', c == '\\', c == '<', c == '>', c == '&':
+			return false
+		}
+	}
+	return true
 }
 
 // Claim records that worker is answering request id from the message with

@@ -122,7 +122,7 @@ func (c *Chain) Run(ctx context.Context, req *providers.Request, observe Attempt
 // run is Run, streaming each answer to sink when it is not nil.
 func (c *Chain) run(ctx context.Context, req *providers.Request, observe AttemptObserver, sink *streamer) Result {
 	res := Result{Chain: len(c.links)}
-	var bo *backoff.Backoff // made for a second call, most walks make one
+	bo := &backoff.Backoff{Min: c.retry.Min, Max: c.retry.Max, Factor: c.retry.Factor, Jitter: c.retry.Jitter}
 	tried := false
 	for i, l := range c.links {
 		if ctx.Err() != nil {
@@ -141,13 +141,8 @@ func (c *Chain) run(ctx context.Context, req *providers.Request, observe Attempt
 			c.record(&res, observe, chat.Attempt{Provider: name, Outcome: chat.OutcomeBreakerOpen}, nil)
 			continue
 		}
-		if tried {
-			if bo == nil {
-				bo = &backoff.Backoff{Min: c.retry.Min, Max: c.retry.Max, Factor: c.retry.Factor, Jitter: c.retry.Jitter}
-			}
-			if !sleep(ctx, bo.Duration()) {
-				break
-			}
+		if tried && !sleep(ctx, bo.Duration()) {
+			break
 		}
 		done, err := l.Breaker.Allow()
 		if err != nil {

@@ -32,7 +32,7 @@ type delivery struct {
 	lostCtx context.Context
 	lose    context.CancelFunc
 
-	stopKeepAlive func()
+	ka keepAlive
 
 	// stream publishes the answer chunk by chunk; nil when not streamed.
 	stream *streamer
@@ -46,45 +46,80 @@ func (p *Pool) pickUp(m *broker.Delivery) *delivery {
 	d := &delivery{p: p, m: m, token: p.subj.ConversationOf(m.Subject), start: time.Now()}
 	d.log.base = p.log
 	d.lostCtx, d.lose = context.WithCancel(context.Background())
-	d.stopKeepAlive = d.keepAlive()
+	d.ka.mu.Lock() // the first tick waits for t
+	d.ka.t = time.AfterFunc(p.ackWait()/3, d.keepAlive)
+	d.ka.mu.Unlock()
 	return d
 }
 
-// keepAlive runs until the returned stop is called, after settlement.
-func (d *delivery) keepAlive() (stop func()) {
-	ctx, cancel := context.WithCancel(context.Background())
-	finished := make(chan struct{})
-	go func() {
-		defer close(finished)
-		t := time.NewTimer(d.p.ackWait() / 3)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			_ = d.m.InProgress()
-			if c := d.claim.Load(); c != nil {
-				wctx, wcancel := context.WithTimeout(ctx, d.p.writeBudget())
-				err := c.Refresh(wctx)
-				wcancel()
-				switch {
-				case errors.Is(err, broker.ErrClaimLost):
-					d.claim.CompareAndSwap(c, nil)
-					d.lose()
-				case err != nil && ctx.Err() == nil:
-					d.log.Debug().Err(err).Msg("cannot refresh the claim")
-				}
-			}
-			t.Reset(d.p.ackWait() / 3)
+// keepAlive is a delivery's keep-alive: a timer, not a goroutine of its
+// own (a delivery mostly lasts far less than a third of the ack wait, and
+// its keep-alive then never runs).
+type keepAlive struct {
+	t       *time.Timer
+	mu      sync.Mutex
+	stopped bool
+	// ctx is a tick's, ended by stopKeepAlive; made by the first tick.
+	ctx     context.Context
+	cancel  context.CancelFunc
+	running sync.WaitGroup
+}
+
+// keepAlive is one tick: InProgress, and a refresh of the claim while it
+// is held; it arms the next until stopKeepAlive.
+func (d *delivery) keepAlive() {
+	k := &d.ka
+	k.mu.Lock()
+	if k.stopped {
+		k.mu.Unlock()
+		return
+	}
+	if k.ctx == nil {
+		k.ctx, k.cancel = context.WithCancel(context.Background())
+	}
+	ctx := k.ctx
+	k.running.Add(1)
+	k.mu.Unlock()
+	defer k.running.Done()
+
+	_ = d.m.InProgress()
+	if c := d.claim.Load(); c != nil {
+		wctx, wcancel := context.WithTimeout(ctx, d.p.writeBudget())
+		err := c.Refresh(wctx)
+		wcancel()
+		switch {
+		case errors.Is(err, broker.ErrClaimLost):
+			d.claim.CompareAndSwap(c, nil)
+			d.lose()
+		case err != nil && ctx.Err() == nil:
+			d.log.Debug().Err(err).Msg("cannot refresh the claim")
 		}
-	}()
-	return sync.OnceFunc(func() {
+	}
+	k.mu.Lock()
+	if !k.stopped {
+		k.t.Reset(d.p.ackWait() / 3)
+	}
+	k.mu.Unlock()
+}
+
+// stopKeepAlive ends the keep-alive, after settlement: a tick under way is
+// cancelled and waited for; none runs after it returns.
+func (d *delivery) stopKeepAlive() {
+	k := &d.ka
+	k.mu.Lock()
+	if k.stopped {
+		k.mu.Unlock()
+		return
+	}
+	k.stopped = true
+	k.t.Stop()
+	cancel := k.cancel
+	k.mu.Unlock()
+	if cancel != nil {
 		cancel()
-		<-finished
-		d.lose()
-	})
+	}
+	k.running.Wait()
+	d.lose()
 }
 
 func (d *delivery) expired() bool { return !time.Now().Before(d.deadline) }
