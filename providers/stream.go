@@ -212,18 +212,7 @@ func (p *openAI) Stream(ctx context.Context, req *Request, firstChunk time.Durat
 
 // whole reads an answer a server sent whole instead of streaming it.
 func (p *openAI) whole(ctx, sctx context.Context, resp *http.Response, onChunk func(string)) (*Response, error) {
-	var c struct {
-		Model   string `json:"model"`
-		Choices []struct {
-			Message struct {
-				Content string `json:"content"`
-			} `json:"message"`
-		} `json:"choices"`
-		Usage struct {
-			PromptTokens     int64 `json:"prompt_tokens"`
-			CompletionTokens int64 `json:"completion_tokens"`
-		} `json:"usage"`
-	}
+	var c completion
 	if err := json.NewDecoder(resp.Body).Decode(&c); err != nil {
 		if sctx.Err() != nil {
 			return nil, streamTransport(ctx, sctx, err)
