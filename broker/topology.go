@@ -124,9 +124,6 @@ func (b *Broker) Subjects() chat.Subjects { return b.topo.Subjects }
 // Backlog is the workers consumer's pending (not yet delivered) and
 // ack-pending counts, for metrics.
 func (b *Broker) Backlog(ctx context.Context) (pending uint64, ackPending int, err error) {
-	info, err := b.consumer.Info(ctx)
-	if err != nil {
-		return 0, 0, err
-	}
-	return info.NumPending, info.NumAckPending, nil
+	st, err := b.Consumer(ctx)
+	return st.Pending, st.AckPending, err
 }

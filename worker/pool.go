@@ -30,8 +30,7 @@ type Broker interface {
 	PublishStatus(conv string, v any)
 	Request(ctx context.Context, seq uint64) (*broker.Stored, error)
 	OnMaxDeliveries(fn func(streamSeq, deliveries uint64)) (stop func(), err error)
-	Backlog(ctx context.Context) (pending uint64, ackPending int, err error)
-	AckWait(ctx context.Context) (time.Duration, error)
+	Consumer(ctx context.Context) (broker.ConsumerState, error)
 	Subjects() chat.Subjects
 }
 
@@ -113,7 +112,7 @@ func (p *Pool) Run(ctx context.Context) error {
 	hard, abort := context.WithCancel(context.WithoutCancel(ctx))
 	defer abort()
 
-	p.readAckWait(ctx)
+	p.readConsumer(ctx)
 	if p.cfg.Ordering == OrderingConversation {
 		stopTurns, err := p.startTurns(ctx)
 		if err != nil {
@@ -251,15 +250,24 @@ func (p *Pool) ackWait() time.Duration {
 	return p.cfg.AckWait
 }
 
-// readAckWait reads the consumer's ack wait back from the server.
-func (p *Pool) readAckWait(ctx context.Context) {
+// readConsumer reads the consumer back from the server, in one request:
+// its ack wait (keep-alives and budgets follow it) and its backlog (the
+// gauges).
+func (p *Pool) readConsumer(ctx context.Context) {
 	qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	if d, err := p.b.AckWait(qctx); err == nil && d > 0 {
+	st, err := p.b.Consumer(qctx)
+	if err != nil {
+		return
+	}
+	if d := st.AckWait; d > 0 {
 		if old := time.Duration(p.serverAckWait.Swap(int64(d))); old != d && old != 0 {
 			p.log.Info().Dur("ack_wait", d).Dur("was", old).Msg("the consumer's ack_wait changed on the server; keep-alives follow it")
 		}
 	}
+	p.m.backlogPending.Set(float64(st.Pending))
+	p.m.backlogAck.Set(float64(st.AckPending))
+	p.m.backlogServable.Set(float64(p.servable(st.Pending, st.AckPending, time.Now())))
 }
 
 // writeBudget bounds each write on a delivery's way out (reply, dead
@@ -311,25 +319,18 @@ const writeRetryWait = 100 * time.Millisecond
 // the rest of the pool; one on a link slower than that would share them.
 func (p *Pool) claimStale() time.Duration { return 3 * p.ackWait() }
 
-// watchBacklog keeps the backlog gauges and the ack wait current.
+// watchBacklog keeps the backlog gauges and the ack wait current (Run
+// read them once before).
 func (p *Pool) watchBacklog(ctx context.Context) {
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	for {
-		p.readAckWait(ctx)
-		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		pending, ack, err := p.b.Backlog(qctx)
-		cancel()
-		if err == nil {
-			p.m.backlogPending.Set(float64(pending))
-			p.m.backlogAck.Set(float64(ack))
-			p.m.backlogServable.Set(float64(p.servable(pending, ack, time.Now())))
-		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		}
+		p.readConsumer(ctx)
 	}
 }
 

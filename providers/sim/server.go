@@ -334,16 +334,7 @@ func (s *Server) wait(ctx context.Context) bool {
 	if d <= 0 {
 		return true
 	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	case <-s.closing:
-		return false
-	}
+	return s.pause(ctx, d)
 }
 
 // content is the answer to req, and the prompt's size in words.
