@@ -89,7 +89,7 @@ func (d *delivery) work(ctx context.Context) {
 	stopWatch := context.AfterFunc(d.lostCtx, cancel) // a lost claim ends the ladder
 	preq := &providers.Request{Messages: req.Messages, MaxTokens: req.MaxTokens, Temperature: req.Temperature}
 	d.stream = d.newStreamer(ctx)
-	res2 := p.chain.run(callCtx, preq, p.observer(&req, d.m, &d.log), d.stream)
+	ladder := p.chain.run(callCtx, preq, p.observer(&req, d.m, &d.log), d.stream)
 	stopWatch()
 	cancel()
 
@@ -98,23 +98,23 @@ func (d *delivery) work(ctx context.Context) {
 		// Presumed dead by the pool (a link slower than the claim's
 		// staleness): the new holder answers; this delivery is theirs now.
 		d.log.Warn().Msg("claim taken over by another delivery; leaving the request to it")
-	case res2.Response != nil:
-		d.answer(ctx, &res2)
+	case ladder.Response != nil:
+		d.answer(ctx, &ladder)
 	case ctx.Err() != nil:
 		// Shutdown grace is over: let another worker have it now.
 		d.log.Info().Msg("shutting down mid-request; putting it back")
 		d.requeueClaim(ctx)
 		d.putBack(0)
-	case res2.AllRejected():
+	case ladder.AllRejected():
 		// Every provider refused it (400/404/422): waiting will not help.
-		d.giveUp(ctx, res2.Attempts, chat.CodeInvalidRequest, "every provider called rejected the request (400/404/422)")
-	case res2.Calls > 0 && p.cfg.MaxDeliveries > 0 && d.m.NumDelivered >= uint64(p.cfg.MaxDeliveries):
+		d.giveUp(ctx, ladder.Attempts, chat.CodeInvalidRequest, "every provider called rejected the request (400/404/422)")
+	case ladder.Calls > 0 && p.cfg.MaxDeliveries > 0 && d.m.NumDelivered >= uint64(p.cfg.MaxDeliveries):
 		// A ladder that only skipped providers (all open or cooling down)
 		// does not end in providers_exhausted: it waits for one to return.
-		d.giveUp(ctx, res2.Attempts, chat.CodeProvidersExhausted,
+		d.giveUp(ctx, ladder.Attempts, chat.CodeProvidersExhausted,
 			fmt.Sprintf("every provider failed, on delivery %d (worker.max_deliveries %d)", d.m.NumDelivered, p.cfg.MaxDeliveries))
 	case d.expired():
-		d.giveUp(ctx, res2.Attempts, chat.CodeDeadlineExceeded, deadlinePassed)
+		d.giveUp(ctx, ladder.Attempts, chat.CodeDeadlineExceeded, deadlinePassed)
 	default:
 		d.requeue(ctx)
 	}
