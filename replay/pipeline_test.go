@@ -99,6 +99,13 @@ func TestReportOfARealOutage(t *testing.T) {
 	if got, want := rep.Attempts["deepseek"][chat.OutcomeError], int(primary.HitsIn(sim.ModeError)); got != want {
 		t.Errorf("report: %d deepseek errors; the provider answered 503 %d times", got, want)
 	}
+	// Answering attempts are in the replies, not in events: counted all the same.
+	if got, want := rep.Attempts["deepseek"][chat.OutcomeOK], int(primary.HitsIn(sim.ModeOK)); got != want {
+		t.Errorf("report: %d deepseek ok attempts; the provider answered ok %d times", got, want)
+	}
+	if got, want := rep.Attempts["llama"][chat.OutcomeOK], int(fallback.Hits()); got != want {
+		t.Errorf("report: %d llama ok attempts; the provider was called %d times", got, want)
+	}
 	if got := rep.Attempts["deepseek"][chat.OutcomeBreakerOpen]; got == 0 {
 		t.Error("report: no attempt skipped by the open breaker")
 	}

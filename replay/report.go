@@ -230,6 +230,11 @@ type reqState struct {
 	status   uint8
 	degraded bool
 	dead     bool
+	// replyDelivery is the delivery that stored the ok reply; okEvent the
+	// delivery of an "ok" attempt event (0: none). A reply's answering
+	// attempt has no event of its own (earlier workers wrote one):
+	// it is counted from the reply unless an event of that delivery was.
+	replyDelivery, okEvent uint32
 }
 
 // maxNames bounds the distinct providers and error codes told apart; more
@@ -474,6 +479,7 @@ func (b *builder) applyReply(st *reqState, r replyInfo) {
 	}
 	if r.Status == chat.StatusOK {
 		st.status, st.what, st.degraded = statusOK, b.name(r.Provider), r.Degraded
+		st.replyDelivery = uint32(min(r.Deliveries, math.MaxUint32))
 		if r.Usage != nil {
 			p := b.intern(r.Provider)
 			u := b.tokens[p]
@@ -538,24 +544,33 @@ func (b *builder) event(m *broker.Stored) error {
 	if ev.Type != chat.EventAttempt && ev.Type != chat.EventRetry {
 		return nil
 	}
-	if _, ok := b.reqs[ev.RequestID]; !ok {
+	st, ok := b.reqs[ev.RequestID]
+	if !ok {
 		return nil // an event of a request outside the window
 	}
 	switch ev.Type {
 	case chat.EventAttempt:
-		p := b.intern(ev.Provider)
-		byOutcome := b.attempts[p]
-		if byOutcome == nil {
-			byOutcome = make(map[chat.Outcome]int)
-			b.attempts[p] = byOutcome
+		b.countAttempt(ev.Provider, ev.Outcome)
+		if ev.Outcome == chat.OutcomeOK {
+			st.okEvent = uint32(min(max(ev.Delivery, 1), math.MaxUint32))
+			b.reqs[ev.RequestID] = st
 		}
-		byOutcome[chat.Outcome(b.intern(string(ev.Outcome)))]++
 	case chat.EventRetry:
 		b.queuedMS[ev.RequestID] += max(ev.DelayMS, 0)
 		b.retries++
 		b.retryMinutes[m.Time.Truncate(time.Minute).Unix()]++
 	}
 	return nil
+}
+
+func (b *builder) countAttempt(provider string, o chat.Outcome) {
+	p := b.intern(provider)
+	byOutcome := b.attempts[p]
+	if byOutcome == nil {
+		byOutcome = make(map[chat.Outcome]int)
+		b.attempts[p] = byOutcome
+	}
+	byOutcome[chat.Outcome(b.intern(string(o)))]++
 }
 
 func (b *builder) breaker(m *broker.Stored) error {
@@ -615,6 +630,12 @@ func (b *builder) report() *Report {
 				st = b.applyDead(st, code)
 			}
 			b.reqs[k] = st
+		}
+	}
+	// The answering attempts stored only in their replies.
+	for _, st := range b.reqs {
+		if st.status == statusOK && st.okEvent != st.replyDelivery {
+			b.countAttempt(b.names[st.what], chat.OutcomeOK)
 		}
 	}
 	opt := b.opt

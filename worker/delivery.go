@@ -37,6 +37,10 @@ type delivery struct {
 	// stream publishes the answer chunk by chunk; nil when not streamed.
 	stream *streamer
 
+	// answerEvent is the answering attempt's event, published only if no
+	// reply of this delivery gets stored (recordUnstoredAnswer).
+	answerEvent *chat.Event
+
 	// inTurn: the request is its conversation's head (worker.ordering:
 	// conversation) until its settlement is recorded.
 	inTurn bool
@@ -148,6 +152,12 @@ func (d *delivery) putBack(delay time.Duration) {
 		d.log.Warn().Err(err).Msg("cannot put the request back; it returns after ack_wait")
 	}
 }
+
+// lapse lets go of the claim once the reply is stored, without a write:
+// the claim goes stale by itself, and a later message with the id, finding
+// it held, finds the reply (no write on the happy path for what the reply
+// already says).
+func (d *delivery) lapse() { d.claim.Store(nil) }
 
 // finish records the id as answered and lets go of the claim.
 func (d *delivery) finish(ctx context.Context) {

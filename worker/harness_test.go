@@ -284,6 +284,27 @@ func events(t *testing.T, b *broker.Broker, typ chat.EventType) []chat.Event {
 	return out
 }
 
+// claimedBy reports whether worker has claimed a request id (its claim
+// is kept, lapsed, after the answer).
+func claimedBy(t *testing.T, b *broker.Broker, worker string) bool {
+	t.Helper()
+	bucket := subj.Stream(chat.KindClaims)
+	found := false
+	err := b.Scan(context.Background(), "KV_"+bucket, "$KV."+bucket+".>", time.Time{}, time.Time{}, func(s *broker.Stored) error {
+		var v struct {
+			Worker string `json:"worker"`
+		}
+		if json.Unmarshal(s.Data, &v) == nil && v.Worker == worker {
+			found = true
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return found
+}
+
 func testLog() zerolog.Logger {
 	if os.Getenv("UNDERSTUDY_TEST_LOG") != "" {
 		return zerolog.New(os.Stderr).Level(zerolog.DebugLevel).With().Timestamp().Logger()

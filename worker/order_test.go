@@ -113,7 +113,7 @@ func TestConversationOrderAcrossReplicas(t *testing.T) {
 	publishBursts(0, convs/2)
 	poll.Until(t, 15*time.Second, "20 replies", func() bool { return len(replies(t, srv)) >= 20 })
 	poll.Until(t, 10*time.Second, "replica-3 at work", func() bool {
-		return slices.ContainsFunc(events(t, srv, chat.EventAttempt), func(ev chat.Event) bool { return ev.Worker == "replica-3" })
+		return claimedBy(t, srv, "replica-3")
 	})
 	// Mid-burst: the provider goes down and replica-3 is cut off for good
 	// (what a crash looks like to the rest of the pool).

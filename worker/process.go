@@ -54,6 +54,17 @@ func (d *delivery) work(ctx context.Context) {
 		d.duplicate("request id already answered; acking without a provider call")
 		return
 	case res == broker.ClaimBusy:
+		// Held by a live worker, or by one that answered it: an answer
+		// lets its claim lapse rather than spend a write on it, so the
+		// reply is what tells (read only here, off the happy path).
+		found, err := p.b.FindReply(ctx, req.ConversationID, req.ID, time.Time{})
+		if err == nil && found {
+			d.duplicate("request id already answered; acking without a provider call")
+			return
+		}
+		if err != nil {
+			d.log.Warn().Err(err).Msg("cannot look for the reply of a request id held elsewhere")
+		}
 		p.m.requests.WithLabelValues(resultBusy).Inc()
 		d.log.Info().Msg("request id held by a live worker; looking again later")
 		d.putBack(p.requeueDelay(d.m.NumDelivered))
@@ -89,7 +100,8 @@ func (d *delivery) work(ctx context.Context) {
 	stopWatch := context.AfterFunc(d.lostCtx, cancel) // a lost claim ends the ladder
 	preq := &providers.Request{Messages: req.Messages, MaxTokens: req.MaxTokens, Temperature: req.Temperature}
 	d.stream = d.newStreamer(ctx)
-	ladder := p.chain.run(callCtx, preq, p.observer(&req, d.m, &d.log), d.stream)
+	ladder := p.chain.run(callCtx, preq, d.observe, d.stream)
+	defer d.recordUnstoredAnswer()
 	stopWatch()
 	cancel()
 
@@ -136,24 +148,42 @@ func (p *Pool) decodeLimits() chat.DecodeLimits {
 	return chat.DecodeLimits{MaxBytes: p.cfg.MaxRequestBytes, MaxMetadataBytes: p.cfg.MaxMetadataBytes}
 }
 
-// observer records each attempt: metrics, event, log.
-func (p *Pool) observer(req *chat.Request, d *broker.Delivery, log *deliveryLog) AttemptObserver {
-	return func(a chat.Attempt, err error) {
-		p.m.attempts.WithLabelValues(a.Provider, string(a.Outcome)).Inc()
-		if called(a) {
-			p.m.attemptSeconds.WithLabelValues(a.Provider).Observe(float64(a.LatencyMS) / 1000)
-		}
-		p.b.PublishEvent(&chat.Event{Type: chat.EventAttempt, At: time.Now(), Worker: p.id, RequestID: req.ID,
-			ConversationID: req.ConversationID, Delivery: d.NumDelivered, StreamSeq: d.StreamSeq,
-			Provider: a.Provider, Outcome: a.Outcome, StatusCode: a.StatusCode, LatencyMS: a.LatencyMS}, req.ConversationID)
-		var perr *providers.Error
-		switch {
-		case errors.As(err, &perr) && perr.Config:
-			log.Error().Str("provider", a.Provider).Int("status_code", a.StatusCode).
-				Msg("provider refused our credentials: configuration error (check api_key_env)")
-		case err != nil:
-			log.Debug().Err(err).Str("provider", a.Provider).Str("outcome", string(a.Outcome)).Int64("latency_ms", a.LatencyMS).Msg("attempt failed")
-		}
+// observe records each attempt as it ends: metrics, event, log. The
+// answering attempt's event waits: it is in the reply, and only published
+// when no reply of this delivery is stored (recordUnstoredAnswer), so a
+// request answered at once costs the server no event.
+func (d *delivery) observe(a chat.Attempt, err error) {
+	p := d.p
+	p.m.attempts.WithLabelValues(a.Provider, string(a.Outcome)).Inc()
+	if called(a) {
+		p.m.attemptSeconds.WithLabelValues(a.Provider).Observe(float64(a.LatencyMS) / 1000)
+	}
+	ev := &chat.Event{Type: chat.EventAttempt, At: time.Now(), Worker: p.id, RequestID: d.req.ID,
+		ConversationID: d.req.ConversationID, Delivery: d.m.NumDelivered, StreamSeq: d.m.StreamSeq,
+		Provider: a.Provider, Outcome: a.Outcome, StatusCode: a.StatusCode, LatencyMS: a.LatencyMS}
+	if a.Outcome == chat.OutcomeOK {
+		d.answerEvent = ev
+	} else {
+		p.b.PublishEvent(ev, d.req.ConversationID)
+	}
+	var perr *providers.Error
+	switch {
+	case errors.As(err, &perr) && perr.Config:
+		d.log.Error().Str("provider", a.Provider).Int("status_code", a.StatusCode).
+			Msg("provider refused our credentials: configuration error (check api_key_env)")
+	case err != nil:
+		d.log.Debug().Err(err).Str("provider", a.Provider).Str("outcome", string(a.Outcome)).Int64("latency_ms", a.LatencyMS).Msg("attempt failed")
+	}
+}
+
+// recordUnstoredAnswer publishes the answering attempt's event when this
+// delivery's reply was not stored (not storable, a write that failed, a
+// claim lost, a reply stored earlier by another delivery): a provider call
+// that was paid for is on record either way.
+func (d *delivery) recordUnstoredAnswer() {
+	if ev := d.answerEvent; ev != nil {
+		d.answerEvent = nil
+		d.p.b.PublishEvent(ev, d.req.ConversationID)
 	}
 }
 
@@ -197,9 +227,11 @@ func (d *delivery) answer(ctx context.Context, res *Result) {
 		return
 	case dup:
 		d.log.Info().Msg("a reply with this id was already stored; the server dropped this one")
+	default:
+		d.answerEvent = nil // in the reply
 	}
 	d.stream.end(ctx, "")
-	d.finish(ctx)
+	d.lapse()
 	d.ack()
 	p.m.requests.WithLabelValues(resultOK).Inc()
 	p.m.requestSeconds.Observe(time.Since(d.start).Seconds())

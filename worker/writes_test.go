@@ -1,0 +1,70 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/understudy-ai/understudy/broker"
+	"github.com/understudy-ai/understudy/chat"
+	"github.com/understudy-ai/understudy/providers/sim"
+)
+
+// storedWrites counts every message ever stored in each of the pipeline's
+// streams (the last sequence: deletions and the claims bucket's one-entry
+// history do not hide a write).
+func storedWrites(t *testing.T, b *broker.Broker) map[string]uint64 {
+	t.Helper()
+	out := map[string]uint64{}
+	names := map[string]string{
+		"requests": subj.Stream(chat.KindRequests), "replies": subj.Stream(chat.KindReplies),
+		"events": subj.Stream(chat.KindEvents), "dead": subj.Stream(chat.KindDead),
+		"claims": "KV_" + subj.Stream(chat.KindClaims),
+	}
+	for kind, name := range names {
+		st, err := b.JetStream().Stream(context.Background(), name)
+		if err != nil {
+			t.Fatalf("stream %s: %v", name, err)
+		}
+		info, err := st.Info(context.Background())
+		if err != nil {
+			t.Fatalf("stream %s: %v", name, err)
+		}
+		out[kind] = info.State.LastSeq
+	}
+	return out
+}
+
+// TestStoredWritesPerRequest counts what a request costs the server: on the
+// happy path the request, its claim and its reply, nothing more (the
+// answering attempt is in the reply; a later message with the id finds the
+// reply); a fallback adds the failed attempt's event.
+func TestStoredWritesPerRequest(t *testing.T) {
+	const n = 12
+	tests := []struct {
+		name    string
+		primary sim.Mode
+		want    map[string]uint64
+	}{
+		{"happy path", sim.ModeOK, map[string]uint64{"requests": n, "claims": n, "replies": n, "events": 0, "dead": 0}},
+		{"fallback", sim.ModeError, map[string]uint64{"requests": n, "claims": n, "replies": n, "events": n, "dead": 0}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := newBroker(t, broker.Topology{})
+			f := newFleet(t, "deepseek", "llama")
+			f.sim("deepseek").SetMode(tt.primary)
+			startPool(t, b, f, keepCalling())
+			for i := range n {
+				publish(t, b, fmt.Sprintf("c-%d", i%3), request(fmt.Sprintf("w-%d", i)), "")
+			}
+			waitReplies(t, b, n)
+			got := storedWrites(t, b)
+			for kind, want := range tt.want {
+				if got[kind] != want {
+					t.Errorf("%s: %d stored writes for %d requests, want %d", kind, got[kind], n, want)
+				}
+			}
+		})
+	}
+}
