@@ -151,14 +151,14 @@ func (p *partitioned) handle(m jetstream.Msg) {
 	_ = m.Ack()
 }
 
-// BenchmarkOrderingPartitioned measures the partitioned design in the shapes
+// BenchmarkPartitionedOrder measures the partitioned design in the shapes
 // of BenchmarkOrdering (one process, requests published conversation after
 // conversation, 1,000 conversations and 10, providers 0 and 50 ms), with 16
 // and 64 partitions and unordered (partitions=0). Run it in the same
 // sitting as BenchmarkOrdering:
 //
-//	go test -run='^$' -bench='^BenchmarkOrdering' -benchtime=2000x ./worker/
-func BenchmarkOrderingPartitioned(b *testing.B) {
+//	go test -run='^$' -bench='^Benchmark(Ordering|PartitionedOrder)$' -benchtime=2000x ./worker/
+func BenchmarkPartitionedOrder(b *testing.B) {
 	for _, latency := range []time.Duration{0, 50 * time.Millisecond} {
 		for _, convs := range []int{1000, 10} {
 			for _, parts := range []int{0, 16, 64} {
@@ -210,7 +210,7 @@ const (
 	headWaitDelay = time.Second
 )
 
-// BenchmarkOrderingHeadWait measures what a conversation whose head waits
+// BenchmarkWaitingHead measures what a conversation whose head waits
 // for a provider holds up: its head's first call is answered 503 and the
 // request put back for 1 s; it and a second request of its conversation
 // are published first, then one request in each of 256 other
@@ -219,8 +219,8 @@ const (
 // head's own conversation, a partition holds every conversation hashed to
 // it. Provider latency 0.
 //
-//	go test -run='^$' -bench=OrderingHeadWait -benchtime=1x ./worker/
-func BenchmarkOrderingHeadWait(b *testing.B) {
+//	go test -run='^$' -bench=WaitingHead -benchtime=1x ./worker/
+func BenchmarkWaitingHead(b *testing.B) {
 	for _, design := range []string{"built", "partitions=16", "partitions=64"} {
 		b.Run("design="+design, func(b *testing.B) {
 			var delayed, headMS float64
