@@ -43,6 +43,10 @@ type traffic struct {
 	answered []atomic.Int64 // per phase
 	failed   atomic.Int64   // replies whose status is not ok
 	pubErr   atomic.Int64
+	// inRow, when not 0, puts the load phase's requests in conversations
+	// of inRow requests each, published in a row ("o-0" first); the other
+	// phases keep the round robin over conversations.
+	inRow int
 
 	// Streamed requests only (stream is set; the slices are nil otherwise).
 	stream        bool
@@ -127,7 +131,12 @@ func (t *traffic) request(n int) []byte {
 	return append(b, `"}]}`...)
 }
 
-func (t *traffic) conversation(n int) string { return "c-" + strconv.Itoa(n%conversations) }
+func (t *traffic) conversation(n int) string {
+	if t.inRow > 0 && t.phaseOf(n) == phaseLoad {
+		return "o-" + strconv.Itoa((n-t.bounds[phaseLoad])/t.inRow)
+	}
+	return "c-" + strconv.Itoa(n%conversations)
+}
 
 // publish sends request n asynchronously with its id as Nats-Msg-Id.
 func (t *traffic) publish(js jetstream.JetStream, n int) {
@@ -279,6 +288,20 @@ func (t *traffic) publishAll(ctx context.Context, js jetstream.JetStream, p int)
 		return fmt.Errorf("%d publishes failed", e)
 	}
 	return nil
+}
+
+// burst publishes the requests of phase p as fast as the server takes
+// them and waits for every reply. It returns the time from the first
+// publish to the last reply.
+func (t *traffic) burst(ctx context.Context, js jetstream.JetStream, p int, w watch) (time.Duration, error) {
+	start := time.Now()
+	if err := t.publishAll(ctx, js, p); err != nil {
+		return 0, err
+	}
+	if err := t.wait(ctx, p, w); err != nil {
+		return 0, err
+	}
+	return time.Duration(t.lastDone(p) - start.UnixNano()), nil
 }
 
 // stallLimit: a phase fails when no reply came for this long.

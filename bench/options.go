@@ -16,10 +16,11 @@ const (
 	ScenarioSlow     = "slow"     // a provider taking 1 s, Inflight requests in flight a worker
 	ScenarioBacklog  = "backlog"  // Backlog requests queued before the workers start
 	ScenarioStream   = "stream"   // "stream": true, a provider streaming streamWords chunks
+	ScenarioOrdered  = "ordered"  // worker.ordering conversation against none, across 1,000 conversations and 10
 )
 
 // Scenarios lists every scenario in running order.
-var Scenarios = []string{ScenarioZero, ScenarioFallback, ScenarioOpen, ScenarioSlow, ScenarioBacklog, ScenarioStream}
+var Scenarios = []string{ScenarioZero, ScenarioFallback, ScenarioOpen, ScenarioSlow, ScenarioBacklog, ScenarioStream, ScenarioOrdered}
 
 // ErrInvalidOption is wrapped by every error about an option's value.
 var ErrInvalidOption = errors.New("invalid option")
@@ -53,6 +54,9 @@ type Options struct {
 	Requests int
 	// Backlog is how many requests backlog queues. Default 100,000.
 	Backlog int
+	// Ordered is how many requests each case of ordered publishes.
+	// Default 2,000.
+	Ordered int
 	// Payload is the size of each request's user message in bytes.
 	// Default 256.
 	Payload int
@@ -82,6 +86,9 @@ func (o *Options) setDefaults() {
 	if o.Backlog == 0 {
 		o.Backlog = 100000
 	}
+	if o.Ordered == 0 {
+		o.Ordered = 2000
+	}
 	if o.Payload == 0 {
 		o.Payload = 256
 	}
@@ -108,7 +115,7 @@ func (o Options) Validate() error {
 			return fmt.Errorf("%w: %s: must be positive, got %d", ErrInvalidOption, c.name, c.v)
 		}
 	}
-	if o.Requests < 10 || o.Backlog < 10 {
+	if o.Requests < 10 || o.Backlog < 10 || o.Ordered < 10 {
 		return fmt.Errorf("%w: --requests: at least 10", ErrInvalidOption)
 	}
 	for _, s := range o.Scenarios {

@@ -39,6 +39,7 @@ type Settings struct {
 	Inflight    int      `json:"inflight"`
 	Requests    int      `json:"requests"`
 	Backlog     int      `json:"backlog_requests"`
+	Ordered     int      `json:"ordered_requests"`
 	Payload     int      `json:"payload_bytes"`
 	Providers   string   `json:"providers"`
 }
@@ -63,11 +64,20 @@ type Result struct {
 	// RatioToFewestWorkers is RPS over the same scenario's with the fewest
 	// workers of the run (scaling runs only).
 	RatioToFewestWorkers float64 `json:"ratio_to_fewest_workers,omitempty"`
+	// Ordering is worker.ordering, Conversations how many conversations
+	// the measured requests were spread over, each one's in a row
+	// (ordered only).
+	Ordering      string `json:"ordering,omitempty"`
+	Conversations int    `json:"conversations,omitempty"`
+	// RatioToUnordered is RPS over the ordered case's with ordering none,
+	// the same conversations and workers, measured just before it (ordered
+	// only; 1 for ordering none itself).
+	RatioToUnordered float64 `json:"ratio_to_unordered,omitempty"`
 	// IdealRPS is what the provider's latency allows (slow only).
 	IdealRPS float64 `json:"ideal_requests_per_second,omitempty"`
 	// LatencyRate is the request rate the latencies were measured at (half
 	// the measured throughput; open: zero's rate when that is lower, so
-	// that the two compare; backlog: while draining).
+	// that the two compare; backlog and ordered: while draining).
 	LatencyRate float64   `json:"latency_rate"`
 	EndToEndMS  Quantiles `json:"end_to_end_ms"`
 	OverheadMS  Quantiles `json:"overhead_ms"`
@@ -162,8 +172,8 @@ func (r *Report) Text(w io.Writer) {
 	m := r.Machine
 	fmt.Fprintf(w, "understudy bench: %d CPUs %s/%s %s; NATS: %s (nats-server %s)\n", m.CPUs, m.GOOS, m.GOARCH, m.GoVersion, m.NATS, m.NATSVersion)
 	s := r.Settings
-	fmt.Fprintf(w, "concurrency %d per worker, slow in-flight %d, %d requests a scenario (backlog %d), payload %d B, providers: %s\n\n",
-		s.Concurrency, s.Inflight, s.Requests, s.Backlog, s.Payload, s.Providers)
+	fmt.Fprintf(w, "concurrency %d per worker, slow in-flight %d, %d requests a scenario (backlog %d, ordered %d a case), payload %d B, providers: %s\n\n",
+		s.Concurrency, s.Inflight, s.Requests, s.Backlog, s.Ordered, s.Payload, s.Providers)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "scenario\tworkers\treq/s\t× raw\t× fewest\te2e p50\tp99 ms\tovh p50\tp99 ms\tCPU s/1k worker\tnats\tbench\tall\tpeak RSS MB worker\tnats\tKB/in-flight\tstored/req\t")
 	row := func(x Result) {
@@ -180,7 +190,7 @@ func (r *Report) Text(w io.Writer) {
 			kb = fmt.Sprintf("%.0f", x.MemPerInflightKB)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.2f\t%s\t%.2f\t%.2f\t%.2f\t%.2f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t\n",
-			x.Scenario, workers, x.RPS, x.RatioToBaseline, fewest, x.EndToEndMS.P50, x.EndToEndMS.P99, x.OverheadMS.P50, x.OverheadMS.P99,
+			x.label(), workers, x.RPS, x.RatioToBaseline, fewest, x.EndToEndMS.P50, x.EndToEndMS.P99, x.OverheadMS.P50, x.OverheadMS.P99,
 			num(x.CPU.Worker, "%.3f"), num(x.CPU.NATS, "%.3f"), num(x.CPU.Bench, "%.3f"), num(x.CPU.All, "%.3f"),
 			num(x.PeakRSSMB.Worker, "%.0f"), num(x.PeakRSSMB.NATS, "%.0f"), kb, x.StoredPerRequest)
 	}
@@ -192,6 +202,10 @@ func (r *Report) Text(w io.Writer) {
 	fmt.Fprintln(w)
 	for _, x := range r.Results {
 		var notes []string
+		if x.Ordering == orderingConversation && x.RatioToUnordered > 0 {
+			notes = append(notes, fmt.Sprintf("ordering conversation keeps %.2f of ordering none's req/s across %d conversations (%d requests a conversation, in a row)",
+				x.RatioToUnordered, x.Conversations, x.Measured/max(x.Conversations, 1)))
+		}
 		if x.IdealRPS > 0 {
 			notes = append(notes, fmt.Sprintf("%.0f%% of the ideal %.0f req/s", 100*x.RPS/x.IdealRPS, x.IdealRPS))
 		}
@@ -220,10 +234,16 @@ func (r *Report) Text(w io.Writer) {
 			notes = append(notes, fmt.Sprintf("%d of %d answered, %d failed", x.Answered, x.Sent, x.Failed))
 		}
 		if len(notes) > 0 {
-			fmt.Fprintf(w, "%s ×%d: %s\n", x.Scenario, x.Workers, strings.Join(notes, "; "))
+			fmt.Fprintf(w, "%s ×%d: %s\n", x.label(), x.Workers, strings.Join(notes, "; "))
 		}
 	}
-	fmt.Fprintln(w, "latencies: at half the measured throughput (open: at zero's rate if lower; backlog: while draining); overhead = end to end minus the provider's own time")
+	fmt.Fprintln(w, "latencies: at half the measured throughput (open: at zero's rate if lower; backlog and ordered: while draining); overhead = end to end minus the provider's own time")
+	for _, x := range r.Results {
+		if x.Ordering != "" {
+			fmt.Fprintf(w, "ordered: a burst of %d requests, each conversation's in a row, published as fast as the server takes them; provider latency 0; req/s = requests / (first publish → last reply)\n", r.Settings.Ordered)
+			break
+		}
+	}
 	for _, x := range r.Results {
 		if x.Stream != nil {
 			fmt.Fprintln(w, "stream: first chunk = publish to the first chunk with text heard on the stream subject; its overhead = that minus the provider's own time to its first chunk")
@@ -233,6 +253,15 @@ func (r *Report) Text(w io.Writer) {
 	for _, k := range []string{"worker", "nats_server", "bench", "all"} {
 		fmt.Fprintf(w, "CPU %s: %s\n", k, r.CPUIncludes[k])
 	}
+}
+
+// label names a result's row: the scenario, and for ordered its ordering
+// and conversations ("ordered conversation/10").
+func (x Result) label() string {
+	if x.Ordering == "" {
+		return x.Scenario
+	}
+	return fmt.Sprintf("%s %s/%d", x.Scenario, x.Ordering, x.Conversations)
 }
 
 func num(v *float64, format string) string {

@@ -57,7 +57,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		Machine: Machine{CPUs: runtime.NumCPU(), GOOS: runtime.GOOS, GOARCH: runtime.GOARCH, GoVersion: runtime.Version(),
 			NATS: o.NATSURL},
 		Settings: Settings{Scenarios: o.Scenarios, Workers: o.Workers, Concurrency: o.Concurrency, Inflight: o.Inflight,
-			Requests: o.Requests, Backlog: o.Backlog, Payload: o.Payload, Providers: "in-process simulated providers over HTTP"},
+			Requests: o.Requests, Backlog: o.Backlog, Ordered: o.Ordered, Payload: o.Payload, Providers: "in-process simulated providers over HTTP"},
 	}
 	if o.ProviderURL != "" {
 		rep.Settings.Providers = "answers from " + o.ProviderURL + "; failing primaries in-process"
@@ -98,6 +98,14 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	for _, sc := range o.Scenarios {
 		for _, w := range o.Workers {
+			if sc == ScenarioOrdered {
+				res, err := r.ordered(ctx, w)
+				if err != nil {
+					return nil, fmt.Errorf("%s with %d workers: %w", sc, w, err)
+				}
+				rep.Results = append(rep.Results, res...)
+				continue
+			}
 			res, err := r.scenario(ctx, sc, w)
 			if err != nil {
 				return nil, fmt.Errorf("%s with %d workers: %w", sc, w, err)
@@ -134,8 +142,8 @@ func cpuIncludes(o Options, natsMeasured bool) map[string]string {
 func (rep *Report) ratios() {
 	fewest := map[string]Result{}
 	for _, x := range rep.Results {
-		if f, ok := fewest[x.Scenario]; !ok || x.Workers < f.Workers {
-			fewest[x.Scenario] = x
+		if f, ok := fewest[x.label()]; !ok || x.Workers < f.Workers {
+			fewest[x.label()] = x
 		}
 	}
 	for i := range rep.Results {
@@ -143,7 +151,7 @@ func (rep *Report) ratios() {
 		if rep.Baseline.RPS > 0 {
 			x.RatioToBaseline = x.RPS / rep.Baseline.RPS
 		}
-		if f := fewest[x.Scenario]; f.Workers < x.Workers && f.RPS > 0 {
+		if f := fewest[x.label()]; f.Workers < x.Workers && f.RPS > 0 {
 			x.RatioToFewestWorkers = x.RPS / f.RPS
 		}
 		if x.Scenario != ScenarioOpen {

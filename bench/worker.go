@@ -27,7 +27,10 @@ type workerConfig struct {
 	// failuresToOpen is breaker.consecutive_failures.
 	failuresToOpen int
 	metricsPort    int
-	chain          []chainLink
+	// ordering is worker.ordering; "conversation" also sets
+	// worker.max_deliveries: 0, which it needs. Default "": none.
+	ordering string
+	chain    []chainLink
 }
 
 // yaml renders the configuration. The retry backoff between providers is
@@ -38,17 +41,24 @@ func (c workerConfig) yaml() string {
 	fmt.Fprintf(&b, `nats: {url: %q}
 subjects: {prefix: %q}
 streams: {replicas: 1}
-worker: {concurrency: %d, request_ttl: 10m, ack_wait: 30s, shutdown_grace: 10s}
+worker: {concurrency: %d, request_ttl: 10m, ack_wait: 30s, shutdown_grace: 10s%s}
 retry: {min: 1ms, max: 1ms, factor: 2, jitter: false}
 breaker: {consecutive_failures: %d, open_for: 1h}
 metrics: {listen: "127.0.0.1:%d"}
 log: {level: warn}
 providers:
-`, c.natsURL, c.prefix, c.concurrency, c.failuresToOpen, c.metricsPort)
+`, c.natsURL, c.prefix, c.concurrency, c.orderingYAML(), c.failuresToOpen, c.metricsPort)
 	for _, l := range c.chain {
 		fmt.Fprintf(&b, "  - {name: %s, kind: openai, base_url: %q, model: sim-1, timeout: 30s}\n", l.name, l.url)
 	}
 	return b.String()
+}
+
+func (c workerConfig) orderingYAML() string {
+	if c.ordering == "" {
+		return ""
+	}
+	return fmt.Sprintf(", max_deliveries: 0, ordering: %s", c.ordering)
 }
 
 // workerProc is one `understudy serve` process.

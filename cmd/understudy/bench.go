@@ -28,9 +28,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs.StringVar(&o.ProviderURL, "provider-url", "", "OpenAI-compatible base URL answering the requests (default: simulated providers in the bench process)")
 	workers := fs.String("workers", "1", "worker processes: N, or A..B to measure each count from A to B")
 	fs.IntVar(&o.Concurrency, "concurrency", 64, "worker.concurrency (and the raw loop's responders)")
-	fs.IntVar(&o.Requests, "requests", 10000, "requests measuring each scenario's throughput (half as many more measure latency); backlog: 100000 unless given")
+	fs.IntVar(&o.Requests, "requests", 10000, "requests measuring each scenario's throughput (half as many more measure latency); backlog: 100000 and ordered: 2000 a case unless given")
 	fs.IntVar(&o.Payload, "payload", 256, "bytes of each request's user message")
-	scenarios := fs.String("scenario", "all", "all, or a comma-separated list of zero, fallback, open, slow, backlog, stream")
+	scenarios := fs.String("scenario", "all", "all, or a comma-separated list of zero, fallback, open, slow, backlog, stream, ordered")
 	fs.IntVar(&o.Inflight, "inflight", 2000, "slow: worker.concurrency (requests in flight in one process)")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile of the zero scenario's worker process (throughput phase) to FILE")
@@ -49,7 +49,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	fs.Visit(func(f *flag.Flag) {
 		if f.Name == "requests" {
-			o.Backlog = o.Requests
+			o.Backlog, o.Ordered = o.Requests, o.Requests
 		}
 	})
 	if o.Binary, err = os.Executable(); err != nil {
