@@ -141,7 +141,7 @@ func (p *Pool) Run(ctx context.Context) error {
 	go p.graceTimer(ctx, hard, abort)
 
 	slots := make(chan struct{}, p.cfg.Concurrency)
-	var wg sync.WaitGroup
+	run := newRunners()
 	for ctx.Err() == nil {
 		if at := p.chain.NextAvailable(time.Now()); at.After(time.Now()) {
 			p.log.Debug().Time("until", at).Msg("no provider available; not pulling")
@@ -173,7 +173,7 @@ func (p *Pool) Run(ctx context.Context) error {
 			}
 			slots <- struct{}{}
 			p.m.inFlight.Inc()
-			wg.Go(func() {
+			run.Go(func() {
 				defer func() {
 					<-slots
 					p.m.inFlight.Dec()
@@ -191,7 +191,7 @@ func (p *Pool) Run(ctx context.Context) error {
 		}
 	}
 	p.log.Info().Msg("stopped pulling; waiting for in-flight requests")
-	wg.Wait()
+	run.closeAndWait()
 	p.log.Info().Msg("drained")
 	return nil
 }
