@@ -41,7 +41,7 @@ type Config struct {
 	// OrderWaiting is how many deliveries, with ordering conversation,
 	// may wait for their conversation's turn in this process without a
 	// work slot, on top of Concurrency; 0, the default, is
-	// max(Concurrency, 256). Ignored without ordering.
+	// max(Concurrency, 1024). Ignored without ordering.
 	OrderWaiting int `yaml:"order_waiting"`
 	// StreamDefault streams the answer of a request that does not say
 	// ("stream" absent) on <prefix>.stream.<conv>. Default false.

@@ -44,18 +44,16 @@ const (
 	// again without being woken, and the shortest delay a delivery is put
 	// back with.
 	turnRecheck = 100 * time.Millisecond
-	// turnHoldQueued is how long a conversation's first waiter here stays
-	// while nobody works on its head (not picked up yet, or put back to
-	// wait for a provider); then it and the rest of its conversation's line
-	// here go back to the queue.
-	turnHoldQueued = 2 * turnRecheck
 	// turnSkips bounds how many answered requests not yet recorded as
 	// settled one look walks past.
 	turnSkips = 16
 	// turnReadBudget bounds one look.
 	turnReadBudget = 5 * time.Second
-	// waitingRoomMin is the least room for waiters by default.
-	waitingRoomMin = 256
+	// waitingRoomMin is the least room for waiters by default: a
+	// conversation's backlog that fits drains without a put-back (10
+	// conversations x 200 requests: 2,233 req/s with room for all against
+	// 700 with 256, at a zero-latency provider; docs/BENCHMARKS.md).
+	waitingRoomMin = 1024
 )
 
 // waitingRoom is how many deliveries may park: Config.OrderWaiting, by
@@ -306,7 +304,7 @@ func (d *delivery) takeTurn(ctx context.Context) bool {
 				queued = time.Time{}
 			case queued.IsZero():
 				queued = time.Now()
-			case time.Since(queued) >= turnHoldQueued:
+			case time.Since(queued) >= d.p.turnHoldQueued():
 				delay := d.p.turnDelay(d.m.NumDelivered)
 				log.Debug().Dur("delay", delay).Msg("nobody works on the conversation's head; putting the request back")
 				t.goBack(d.token, w)
@@ -366,6 +364,15 @@ func (d *delivery) leaveTurn() {
 		<-d.p.work
 		d.p.freed()
 	}
+}
+
+// turnHoldQueued is how long a conversation's first waiter here stays
+// while nobody works on its head: longer than any turn delay (a head put
+// back behind another comes back within it), so that only a head put back
+// to wait for a provider, or lost, sends it and the rest of its
+// conversation's line here back to the queue.
+func (p *Pool) turnHoldQueued() time.Duration {
+	return max(p.cfg.RequeueMin, turnRecheck) + turnRecheck
 }
 
 // turnDelay is how long a request that is not its conversation's head is

@@ -265,7 +265,7 @@ func TestOrderingConfig(t *testing.T) {
 	if c.OrderWaiting = -1; c.Validate() == nil || !strings.HasPrefix(c.Validate().Error(), "worker.order_waiting:") {
 		t.Errorf("order_waiting -1: Validate() = %v, want worker.order_waiting: ...", c.Validate())
 	}
-	for _, tt := range []struct{ concurrency, waiting, want int }{{64, 0, 256}, {1000, 0, 1000}, {64, 10, 10}} {
+	for _, tt := range []struct{ concurrency, waiting, want int }{{64, 0, 1024}, {2000, 0, 2000}, {64, 10, 10}} {
 		c.Concurrency, c.OrderWaiting = tt.concurrency, tt.waiting
 		if got := c.waitingRoom(); got != tt.want {
 			t.Errorf("concurrency %d order_waiting %d: room %d, want %d", tt.concurrency, tt.waiting, got, tt.want)

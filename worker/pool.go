@@ -161,10 +161,13 @@ func (p *Pool) Run(ctx context.Context) error {
 			continue
 		}
 		free := cap(slots) - len(slots)
-		if p.turns != nil {
-			// No more than the work slots not spoken for: the ones in
-			// hand and not parked will want one.
-			free = min(free, p.cfg.Concurrency-(len(slots)-p.turns.parkedNow()))
+		if t := p.turns; t != nil {
+			// No more than the work slots not spoken for (the ones in
+			// hand and not parked will want one), and while the waiting
+			// room is full a few, to find other conversations' heads:
+			// more would mostly be put back at once.
+			parked := t.parkedNow()
+			free = min(free, p.cfg.Concurrency-(len(slots)-parked), max(t.room-parked, roomFullPull(p.cfg.Concurrency)))
 		}
 		if free <= 0 {
 			select {
@@ -207,6 +210,10 @@ func (p *Pool) Run(ctx context.Context) error {
 	p.log.Info().Msg("drained")
 	return nil
 }
+
+// roomFullPull is how many deliveries a pull asks for while the waiting
+// room is full.
+func roomFullPull(concurrency int) int { return max(1, concurrency/8) }
 
 // freed wakes the pull loop: a delivery left, or parked.
 func (p *Pool) freed() {
