@@ -38,6 +38,11 @@ type Config struct {
 	// order needs MaxDeliveries 0: a request waiting for its turn is put
 	// back, and those deliveries must not run out.
 	Ordering string `yaml:"ordering"`
+	// OrderWaiting is how many deliveries, with ordering conversation,
+	// may wait for their conversation's turn in this process without a
+	// work slot, on top of Concurrency; 0, the default, is
+	// max(Concurrency, 1024). Ignored without ordering.
+	OrderWaiting int `yaml:"order_waiting"`
 	// StreamDefault streams the answer of a request that does not say
 	// ("stream" absent) on <prefix>.stream.<conv>. Default false.
 	StreamDefault bool `yaml:"stream_default"`
@@ -86,6 +91,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("worker.shutdown_grace: must not be negative, got %s", c.ShutdownGrace)
 	case c.Ordering != "" && c.Ordering != OrderingNone && c.Ordering != OrderingConversation:
 		return fmt.Errorf("worker.ordering: %q is not none or conversation", c.Ordering)
+	case c.OrderWaiting < 0 || c.OrderWaiting > 100000:
+		return fmt.Errorf("worker.order_waiting: must be 0 (the default) to 100000, got %d", c.OrderWaiting)
 	case c.Ordering == OrderingConversation && c.MaxDeliveries != 0:
 		return fmt.Errorf("worker.max_deliveries: must be 0 with ordering conversation (a request waiting for its turn is put back, and its deliveries must not run out), got %d", c.MaxDeliveries)
 	}

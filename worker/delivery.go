@@ -44,6 +44,11 @@ type delivery struct {
 	// inTurn: the request is its conversation's head (worker.ordering:
 	// conversation) until its settlement is recorded.
 	inTurn bool
+	// waiter is its place in its conversation's line and working that
+	// it holds a work slot (worker.ordering: conversation), until
+	// leaveTurn.
+	waiter  *waiter
+	working bool
 }
 
 func (p *Pool) pickUp(m *broker.Delivery) *delivery {

@@ -1,9 +1,11 @@
 package worker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -16,11 +18,13 @@ import (
 // Per-conversation order (worker.ordering: conversation): a delivery is
 // worked on only when its request is its conversation's head, the first
 // one stored after the conversation's last settled request (see
-// broker/order.go). One that is not waits a little in its slot, woken when
-// a request of its conversation settles, then goes back to the queue with a
-// short delay: it holds up nobody but its own conversation. The head's
-// answer or give-up is recorded as settled before its ack or term, so the
-// next request is neither sent to a provider nor answered before it.
+// broker/order.go). One that is not parks in the waiting room: it waits
+// without a work slot, woken when a request of its conversation settles or
+// the one before it here leaves, and goes back to the queue when its head
+// is queued (nobody works on it) or the room needs its place for a
+// shallower waiter. The head's answer or give-up is recorded as settled
+// before its ack or term, so the next request is neither sent to a provider
+// nor answered before it.
 
 // orderBroker is what per-conversation order needs of JetStream;
 // *broker.Broker provides it.
@@ -36,34 +40,57 @@ type orderBroker interface {
 var _ orderBroker = (*broker.Broker)(nil)
 
 const (
-	// turnRecheck is how often a waiting delivery looks again without
-	// being woken, and the shortest delay it is put back with.
+	// turnRecheck is how often a conversation's first waiter here looks
+	// again without being woken, and the shortest delay a delivery is put
+	// back with.
 	turnRecheck = 100 * time.Millisecond
-	// turnHold is how long a delivery waits in its slot while a live worker
-	// works on its conversation's head, when it is the conversation's first
-	// waiter in this process.
-	turnHold = 2 * time.Second
-	// turnHoldQueued is how long it waits otherwise: nobody works on the
-	// head (not picked up yet, or put back to wait for a provider), or
-	// another waiter of its conversation comes before it, so that a long
-	// queue in one conversation does not keep the slots from the others.
-	turnHoldQueued = 2 * turnRecheck
 	// turnSkips bounds how many answered requests not yet recorded as
 	// settled one look walks past.
 	turnSkips = 16
 	// turnReadBudget bounds one look.
 	turnReadBudget = 5 * time.Second
+	// waitingRoomMin is the least room for waiters by default: a
+	// conversation's backlog that fits drains without a put-back (10
+	// conversations x 200 requests: 2,233 req/s with room for all against
+	// 700 with 256, at a zero-latency provider; docs/BENCHMARKS.md).
+	waitingRoomMin = 1024
 )
 
-// turns wakes the deliveries waiting for their conversation's turn: the
-// first of each conversation (by stream sequence) when one of its requests
-// settles, the next when that one leaves. Waking them all would have every
-// waiter of a long queue look at the stream after each answer.
-type turns struct {
-	b orderBroker
+// waitingRoom is how many deliveries may park: Config.OrderWaiting, by
+// default max(Concurrency, waitingRoomMin).
+func (c Config) waitingRoom() int {
+	if c.OrderWaiting > 0 {
+		return c.OrderWaiting
+	}
+	return max(c.Concurrency, waitingRoomMin)
+}
 
-	mu      sync.Mutex
-	waiting map[string]map[chan struct{}]uint64 // conversation → waiter → its sequence
+// waiter is a delivery of an ordered conversation in this process, from
+// pick-up until it is put back or, having taken its turn, ends.
+type waiter struct {
+	seq   uint64
+	wake  chan struct{} // a settlement, or the one before it here left
+	evict chan struct{} // its place in the room was given to a shallower one
+	// parked: waiting in the room (turns.mu).
+	parked bool
+}
+
+// turns keeps the conversations' lines in this process and the waiting
+// room. A waiter's depth is how many of its conversation's waiters here
+// have a lower stream sequence; only a line's first waiter looks at the
+// stream, woken when its conversation settles; the next is woken when it
+// leaves. The deeper ones park without a read.
+type turns struct {
+	b    orderBroker
+	room int
+	// draining ends when the pool stops pulling: parked ones go back.
+	draining <-chan struct{}
+	// freed tells the pull loop that a work slot's worth came free.
+	freed func()
+
+	mu     sync.Mutex
+	lines  map[string][]*waiter // conversation → its waiters here, by sequence
+	parked int
 }
 
 // startTurns sets the order bucket up and listens for settlements; stop
@@ -78,68 +105,145 @@ func (p *Pool) startTurns(ctx context.Context) (stop func(), err error) {
 	if err := ob.SetupOrder(sctx); err != nil {
 		return nil, err
 	}
-	t := &turns{b: ob, waiting: map[string]map[chan struct{}]uint64{}}
+	t := &turns{b: ob, room: p.cfg.waitingRoom(), draining: ctx.Done(), freed: p.freed, lines: map[string][]*waiter{}}
 	stop, err = ob.OnSettled(t.wake)
 	if err != nil {
 		return nil, err
 	}
 	p.turns = t
+	p.work = make(chan struct{}, p.cfg.Concurrency)
 	return stop, nil
 }
 
-func (t *turns) listen(conv string, seq uint64) chan struct{} {
-	ch := make(chan struct{}, 1)
+// arrive puts a delivery in its conversation's line.
+func (t *turns) arrive(conv string, seq uint64) *waiter {
+	w := &waiter{seq: seq, wake: make(chan struct{}, 1), evict: make(chan struct{}, 1)}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.waiting[conv] == nil {
-		t.waiting[conv] = map[chan struct{}]uint64{}
-	}
-	t.waiting[conv][ch] = seq
-	return ch
+	line := t.lines[conv]
+	i, _ := slices.BinarySearchFunc(line, seq, func(x *waiter, seq uint64) int { return cmp.Compare(x.seq, seq) })
+	t.lines[conv] = slices.Insert(line, i, w)
+	return w
 }
 
-func (t *turns) forget(conv string, ch chan struct{}) {
+// leave takes a waiter out of its line (and the room); the line's new
+// first waiter is woken.
+func (t *turns) leave(conv string, w *waiter) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	delete(t.waiting[conv], ch)
-	if len(t.waiting[conv]) == 0 {
-		delete(t.waiting, conv)
+	t.unparkLocked(w)
+	line := t.lines[conv]
+	i := slices.Index(line, w)
+	if i < 0 {
 		return
 	}
-	t.wakeFirst(conv)
+	line = slices.Delete(line, i, i+1)
+	if len(line) == 0 {
+		delete(t.lines, conv)
+		return
+	}
+	t.lines[conv] = line
+	if i == 0 {
+		signal(line[0].wake)
+	}
 }
 
+// wake is a settlement heard in conv: its first waiter here looks again.
 func (t *turns) wake(conv string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.wakeFirst(conv)
+	if line := t.lines[conv]; len(line) > 0 {
+		signal(line[0].wake)
+	}
 }
 
-// first reports whether ch is its conversation's first waiter here.
-func (t *turns) first(conv string, ch chan struct{}) bool {
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// depth is how many of conv's waiters here come before w.
+func (t *turns) depth(conv string, w *waiter) int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.firstLocked(conv) == ch
+	return t.depthLocked(conv, w)
 }
 
-func (t *turns) firstLocked(conv string) chan struct{} {
-	var first chan struct{}
-	var lowest uint64
-	for ch, seq := range t.waiting[conv] {
-		if first == nil || seq < lowest {
-			first, lowest = ch, seq
+func (t *turns) depthLocked(conv string, w *waiter) int {
+	n := 0
+	for _, x := range t.lines[conv] {
+		if x.seq >= w.seq {
+			break
 		}
+		n++
 	}
-	return first
+	return n
 }
 
-func (t *turns) wakeFirst(conv string) {
-	if ch := t.firstLocked(conv); ch != nil {
-		select {
-		case ch <- struct{}{}:
-		default:
+// park gives w a place in the room: a free one, or the deepest parked
+// waiter's when w is shallower (that one is told to go back). False: the
+// room is full of waiters no deeper than w.
+func (t *turns) park(conv string, w *waiter) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if w.parked {
+		return true
+	}
+	if t.parked >= t.room {
+		deepest, most := (*waiter)(nil), -1
+		for _, line := range t.lines {
+			for i := len(line) - 1; i > most; i-- {
+				if line[i].parked {
+					deepest, most = line[i], i
+					break
+				}
+			}
+		}
+		if deepest == nil || most <= t.depthLocked(conv, w) {
+			return false
+		}
+		t.unparkLocked(deepest)
+		signal(deepest.evict)
+	}
+	w.parked = true
+	t.parked++
+	t.freed()
+	return true
+}
+
+// goBack sends the parked waiters of conv deeper than w back to the queue
+// (w's head is queued: they would only wait for it).
+func (t *turns) goBack(conv string, w *waiter) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, x := range t.lines[conv] {
+		if x.seq > w.seq && x.parked {
+			t.unparkLocked(x)
+			signal(x.evict)
 		}
 	}
+}
+
+func (t *turns) unpark(w *waiter) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.unparkLocked(w)
+}
+
+func (t *turns) unparkLocked(w *waiter) {
+	if w.parked {
+		w.parked = false
+		t.parked--
+	}
+}
+
+// parkedNow is how many waiters are parked.
+func (t *turns) parkedNow() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.parked
 }
 
 // turn is what a look at a conversation found.
@@ -153,60 +257,122 @@ const (
 )
 
 // takeTurn reports whether the delivery may be worked on: ordering is off,
-// or its request is its conversation's head. Otherwise the delivery has
-// been settled (acked: it was settled already) or put back.
+// or its request is its conversation's head and it holds a work slot.
+// Otherwise the delivery has been settled (acked: it was settled already)
+// or put back.
 func (d *delivery) takeTurn(ctx context.Context) bool {
 	t := d.p.turns
-	if t == nil || !chat.ValidConversationID(d.token) {
+	if t == nil {
 		return true
 	}
-	wake := t.listen(d.token, d.m.StreamSeq)
-	defer t.forget(d.token, wake)
+	if !chat.ValidConversationID(d.token) {
+		return d.enterWork(ctx) // no conversation to keep in order
+	}
+	w := t.arrive(d.token, d.m.StreamSeq)
+	d.waiter = w
 	log := d.p.log.With().Str("conversation_id", d.token).Uint64("stream_seq", d.m.StreamSeq).
 		Uint64("delivery", d.m.NumDelivered).Logger()
-	start := time.Now()
+	var queued time.Time // since when its head has been seen queued
 	recheck := time.NewTimer(turnRecheck)
 	defer recheck.Stop()
 	for {
-		v, err := d.lookAtTurn(ctx, t.b)
-		hold := turnHoldQueued
-		switch {
-		case err != nil:
-			log.Warn().Err(err).Msg("cannot tell whose turn it is in the conversation; putting the request back")
-			d.putBack(d.p.cfg.RequeueMin)
-			return false
-		case v == turnMine:
-			d.inTurn = true
-			return true
-		case v == turnSettled:
-			log.Info().Msg("request already settled in its conversation's order; acking")
-			_ = d.m.Ack()
-			return false
-		case v == turnHeld && t.first(d.token, wake):
-			// Next in line here: worth its slot.
-			hold = turnHold
-		}
-		if time.Since(start) >= hold {
-			delay := d.p.turnDelay(d.m.NumDelivered)
-			log.Debug().Dur("delay", delay).Bool("head_worked_on", v == turnHeld).Msg("not the conversation's turn; putting the request back")
-			d.putBack(delay)
-			return false
-		}
-		// Only a conversation's first waiter looks again unwoken (a wake-up
-		// lost to a lagging read); the others until their hold ends.
-		if t.first(d.token, wake) {
-			recheck.Reset(turnRecheck)
+		var tick <-chan time.Time
+		if t.depth(d.token, w) > 0 {
+			// Behind another of its conversation here: nothing to read.
+			queued = time.Time{}
+			if !t.park(d.token, w) {
+				log.Debug().Msg("waiting room full of shallower waiters; putting the request back")
+				d.putBack(d.p.turnDelay(d.m.NumDelivered))
+				return false
+			}
 		} else {
-			recheck.Reset(hold - time.Since(start))
+			v, err := d.lookAtTurn(ctx, t.b)
+			switch {
+			case err != nil:
+				log.Warn().Err(err).Msg("cannot tell whose turn it is in the conversation; putting the request back")
+				d.putBack(d.p.cfg.RequeueMin)
+				return false
+			case v == turnMine:
+				t.unpark(w)
+				d.inTurn = true
+				return d.enterWork(ctx)
+			case v == turnSettled:
+				log.Info().Msg("request already settled in its conversation's order; acking")
+				_ = d.m.Ack()
+				return false
+			case v == turnHeld:
+				queued = time.Time{}
+			case queued.IsZero():
+				queued = time.Now()
+			case time.Since(queued) >= d.p.turnHoldQueued():
+				delay := d.p.turnDelay(d.m.NumDelivered)
+				log.Debug().Dur("delay", delay).Msg("nobody works on the conversation's head; putting the request back")
+				t.goBack(d.token, w)
+				d.putBack(delay)
+				return false
+			}
+			if !t.park(d.token, w) {
+				log.Debug().Msg("waiting room full; putting the request back")
+				d.putBack(d.p.turnDelay(d.m.NumDelivered))
+				return false
+			}
+			// A wake-up lost to a lagging read, or a head still queued.
+			recheck.Reset(turnRecheck)
+			tick = recheck.C
 		}
 		select {
-		case <-wake:
-		case <-recheck.C:
+		case <-w.wake:
+		case <-tick:
+		case <-w.evict:
+			delay := d.p.turnDelay(d.m.NumDelivered)
+			log.Debug().Dur("delay", delay).Msg("waiting room place given to a shallower request; putting the request back")
+			d.putBack(delay)
+			return false
+		case <-t.draining:
+			d.putBack(0)
+			return false
 		case <-ctx.Done():
 			d.putBack(0)
 			return false
 		}
 	}
+}
+
+// enterWork takes a work slot (worker.ordering: conversation); false when
+// the pool drains first: the delivery has been put back.
+func (d *delivery) enterWork(ctx context.Context) bool {
+	select {
+	case d.p.work <- struct{}{}:
+		d.working = true
+		return true
+	case <-d.p.turns.draining:
+	case <-ctx.Done():
+	}
+	d.putBack(0)
+	return false
+}
+
+// leaveTurn ends a delivery's place in its conversation's line and gives
+// its work slot back; call it when the delivery ends.
+func (d *delivery) leaveTurn() {
+	if d.waiter != nil {
+		d.p.turns.leave(d.token, d.waiter)
+		d.waiter = nil
+	}
+	if d.working {
+		d.working = false
+		<-d.p.work
+		d.p.freed()
+	}
+}
+
+// turnHoldQueued is how long a conversation's first waiter here stays
+// while nobody works on its head: longer than any turn delay (a head put
+// back behind another comes back within it), so that only a head put back
+// to wait for a provider, or lost, sends it and the rest of its
+// conversation's line here back to the queue.
+func (p *Pool) turnHoldQueued() time.Duration {
+	return max(p.cfg.RequeueMin, turnRecheck) + turnRecheck
 }
 
 // turnDelay is how long a request that is not its conversation's head is

@@ -261,4 +261,92 @@ func TestOrderingConfig(t *testing.T) {
 			t.Errorf("ordering %q max_deliveries %d: Validate() = %v, want %q", tt.ordering, tt.maxDeliveries, err, tt.wantErr)
 		}
 	}
+	c = DefaultConfig()
+	if c.OrderWaiting = -1; c.Validate() == nil || !strings.HasPrefix(c.Validate().Error(), "worker.order_waiting:") {
+		t.Errorf("order_waiting -1: Validate() = %v, want worker.order_waiting: ...", c.Validate())
+	}
+	for _, tt := range []struct{ concurrency, waiting, want int }{{64, 0, 1024}, {2000, 0, 2000}, {64, 10, 10}} {
+		c.Concurrency, c.OrderWaiting = tt.concurrency, tt.waiting
+		if got := c.waitingRoom(); got != tt.want {
+			t.Errorf("concurrency %d order_waiting %d: room %d, want %d", tt.concurrency, tt.waiting, got, tt.want)
+		}
+	}
+}
+
+// storedRank is where each request's reply stands among the stored ones.
+func storedRank(t *testing.T, b *broker.Broker) map[string]int {
+	t.Helper()
+	rank := map[string]int{}
+	for i, r := range replies(t, b) {
+		rank[r.ID] = i
+	}
+	return rank
+}
+
+// Issue 11: a conversation's deep queue does not hold up another's head.
+// One replica of concurrency 4, conversation a with 20 requests queued
+// first, then conversation b with one: b's request waits for no more than
+// a few of a's (today it waited behind a's requests cycling through the
+// slots and the queue).
+func TestDeepConversationDoesNotHoldUpAnother(t *testing.T) {
+	b := newBroker(t, broker.Topology{AckWait: time.Second})
+	f := newFleet(t, "deepseek")
+	f.sim("deepseek").SetLatency(20 * time.Millisecond)
+	const deep = 20
+	for k := range deep {
+		publish(t, b, "a", turnRequest("a", k), "")
+	}
+	publish(t, b, "b", turnRequest("b", 0), "")
+	s := orderedSetup("replica-1")
+	s.cfg.Concurrency = 4
+	startPool(t, b, f, s)
+
+	waitReplies(t, b, deep+1)
+	rank := storedRank(t, b)
+	t.Logf("b's reply stored %dth of %d", rank["b#0"]+1, deep+1)
+	if rank["b#0"] > rank["a#9"] {
+		t.Errorf("b's only reply stored %dth, after a's 10th (%dth): held up by a's queue", rank["b#0"]+1, rank["a#9"]+1)
+	}
+	settled(t, b, 10*time.Second)
+}
+
+// Issue 11: when the waiting room is full of one conversation's deep
+// requests, a shallower waiter of another conversation takes the deepest
+// one's place (that one goes back to the queue). Room for 12 waiters,
+// conversation a with 40 requests queued first, then b, c and d with 3:
+// each of b's, c's and d's requests waits here on its first delivery and
+// is answered before a's 20th.
+func TestWaitingRoomKeepsTheShallowest(t *testing.T) {
+	b := newBroker(t, broker.Topology{AckWait: time.Second})
+	f := newFleet(t, "deepseek")
+	f.sim("deepseek").SetLatency(20 * time.Millisecond)
+	const deep, short = 40, 3
+	others := []string{"b", "c", "d"}
+	for k := range deep {
+		publish(t, b, "a", turnRequest("a", k), "")
+	}
+	for _, c := range others {
+		for k := range short {
+			publish(t, b, c, turnRequest(c, k), "")
+		}
+	}
+	s := orderedSetup("replica-1")
+	s.cfg.Concurrency = 4
+	s.cfg.OrderWaiting = 12
+	startPool(t, b, f, s)
+
+	got := waitReplies(t, b, deep+short*len(others))
+	rank := storedRank(t, b)
+	for _, c := range others {
+		for k := range short {
+			r := replyTo(t, got, turnRequest(c, k).ID)
+			if r.Deliveries != 1 {
+				t.Errorf("%s answered on delivery %d, want 1 (put back for lack of room)", r.ID, r.Deliveries)
+			}
+			if rank[r.ID] > rank["a#19"] {
+				t.Errorf("%s stored %dth, after a's 20th (%dth)", r.ID, rank[r.ID]+1, rank["a#19"]+1)
+			}
+		}
+	}
+	settled(t, b, 10*time.Second)
 }

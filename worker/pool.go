@@ -70,6 +70,10 @@ type Pool struct {
 	serverAckWait atomic.Int64
 	// turns keeps per-conversation order; nil without it.
 	turns *turns
+	// work holds a slot per delivery worked on (past its turn), with
+	// per-conversation order; nil without it, when every delivery in hand
+	// is worked on.
+	work chan struct{}
 }
 
 // New returns a pool. Wire the chain's breakers' transitions to
@@ -140,7 +144,13 @@ func (p *Pool) Run(ctx context.Context) error {
 	// the pull in progress then (which may take up to fetchWait).
 	go p.graceTimer(ctx, hard, abort)
 
-	slots := make(chan struct{}, p.cfg.Concurrency)
+	// Deliveries in hand: worked on, or (with per-conversation order)
+	// waiting for their turn without a work slot.
+	inHand := p.cfg.Concurrency
+	if p.turns != nil {
+		inHand += p.turns.room
+	}
+	slots := make(chan struct{}, inHand)
 	run := newRunners()
 	for ctx.Err() == nil {
 		if at := p.chain.NextAvailable(time.Now()); at.After(time.Now()) {
@@ -151,7 +161,15 @@ func (p *Pool) Run(ctx context.Context) error {
 			continue
 		}
 		free := cap(slots) - len(slots)
-		if free == 0 {
+		if t := p.turns; t != nil {
+			// No more than the work slots not spoken for (the ones in
+			// hand and not parked will want one), and while the waiting
+			// room is full a few, to find other conversations' heads:
+			// more would mostly be put back at once.
+			parked := t.parkedNow()
+			free = min(free, p.cfg.Concurrency-(len(slots)-parked), max(t.room-parked, roomFullPull(p.cfg.Concurrency)))
+		}
+		if free <= 0 {
 			select {
 			case <-p.release:
 			case <-ctx.Done():
@@ -177,10 +195,7 @@ func (p *Pool) Run(ctx context.Context) error {
 				defer func() {
 					<-slots
 					p.m.inFlight.Dec()
-					select {
-					case p.release <- struct{}{}:
-					default:
-					}
+					p.freed()
 				}()
 				p.handle(hard, d)
 			})
@@ -194,6 +209,18 @@ func (p *Pool) Run(ctx context.Context) error {
 	run.closeAndWait()
 	p.log.Info().Msg("drained")
 	return nil
+}
+
+// roomFullPull is how many deliveries a pull asks for while the waiting
+// room is full.
+func roomFullPull(concurrency int) int { return max(1, concurrency/8) }
+
+// freed wakes the pull loop: a delivery left, or parked.
+func (p *Pool) freed() {
+	select {
+	case p.release <- struct{}{}:
+	default:
+	}
 }
 
 // graceTimer ends in-flight work (abort) once ShutdownGrace has passed since

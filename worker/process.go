@@ -19,6 +19,7 @@ import (
 func (p *Pool) handle(ctx context.Context, m *broker.Delivery) {
 	d := p.pickUp(m)
 	defer d.stopKeepAlive()
+	defer d.leaveTurn()
 	d.work(ctx)
 }
 
