@@ -53,7 +53,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		breakerState: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "understudy_breaker_state",
 			Help: "Breaker state per provider: 0 closed, 1 open, 2 half-open."}, []string{"provider"}),
 		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{Name: "understudy_in_flight",
-			Help: "Requests being worked on by this process."}),
+			Help: "Requests in hand in this process: being worked on, or (worker.ordering: conversation) waiting in the waiting room for their turn."}),
 		backlogPending: prometheus.NewGauge(prometheus.GaugeOpts{Name: "understudy_backlog_pending",
 			Help: "Requests in the stream not yet delivered (workers consumer num_pending)."}),
 		backlogAck: prometheus.NewGauge(prometheus.GaugeOpts{Name: "understudy_backlog_ack_pending",
