@@ -160,21 +160,16 @@ func (p *Pool) Run(ctx context.Context) error {
 			sleep(ctx, min(time.Until(at), idleRecheck))
 			continue
 		}
-		free := cap(slots) - len(slots)
-		if t := p.turns; t != nil {
-			// No more than the work slots not spoken for (the ones in
-			// hand and not parked will want one), and while the waiting
-			// room is full a few, to find other conversations' heads:
-			// more would mostly be put back at once.
-			parked := t.parkedNow()
-			free = min(free, p.cfg.Concurrency-(len(slots)-parked), max(t.room-parked, roomFullPull(p.cfg.Concurrency)))
-		}
+		free := p.pullSize(slots)
 		if free <= 0 {
 			select {
 			case <-p.release:
 			case <-ctx.Done():
 			}
 			continue
+		}
+		if want := pullGatherMin(p.cfg.Concurrency); free < want && len(slots) > 0 {
+			free = p.gather(ctx, slots, want)
 		}
 		msgs, batchErr, err := p.b.Fetch(free, fetchWait)
 		if err != nil {
@@ -209,6 +204,48 @@ func (p *Pool) Run(ctx context.Context) error {
 	run.closeAndWait()
 	p.log.Info().Msg("drained")
 	return nil
+}
+
+// pullSize is how many deliveries a pull may ask for now: the free places
+// in hand, and with per-conversation order no more than the work slots not
+// spoken for (the ones in hand and not parked will want one), and while the
+// waiting room is full a few, to find other conversations' heads: more
+// would mostly be put back at once.
+func (p *Pool) pullSize(slots chan struct{}) int {
+	free := cap(slots) - len(slots)
+	if t := p.turns; t != nil {
+		parked := t.parkedNow()
+		free = min(free, p.cfg.Concurrency-(len(slots)-parked), max(t.room-parked, roomFullPull(p.cfg.Concurrency)))
+	}
+	return free
+}
+
+// A busy pool pulls a few deliveries at a time rather than one each time
+// a delivery ends: every pull is a request to the server and a
+// subscription of its own. With a 1 s provider and 2,000 in flight, pulls
+// of one were 2,000 a second. It waits up to pullGather for
+// pullGatherMin(concurrency) places to be free; an idle one pulls at once.
+const pullGather = 5 * time.Millisecond
+
+func pullGatherMin(concurrency int) int { return max(1, concurrency/16) }
+
+// gather waits, up to pullGather, for want places to pull; it returns how
+// many there are then (at least one: the caller had one).
+func (p *Pool) gather(ctx context.Context, slots chan struct{}, want int) int {
+	t := time.NewTimer(pullGather)
+	defer t.Stop()
+	free := p.pullSize(slots)
+	for free < want {
+		select {
+		case <-p.release:
+			free = max(p.pullSize(slots), free)
+		case <-t.C:
+			return free
+		case <-ctx.Done():
+			return free
+		}
+	}
+	return free
 }
 
 // roomFullPull is how many deliveries a pull asks for while the waiting

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"context"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -38,5 +39,31 @@ func TestRunnersReuseIdleGoroutines(t *testing.T) {
 	}
 	if n := r.idle.Load(); n != 0 {
 		t.Errorf("%d runners idle after closeAndWait, want 0", n)
+	}
+}
+
+// TestGatherWaitsForAFewPlaces: a busy pool's pull waits for a few places
+// (woken as deliveries end), and no longer than pullGather for them.
+func TestGatherWaitsForAFewPlaces(t *testing.T) {
+	p := &Pool{cfg: Config{Concurrency: 32}, release: make(chan struct{}, 1)}
+	slots := make(chan struct{}, 32)
+	for range 31 {
+		slots <- struct{}{}
+	}
+	want := pullGatherMin(32)
+	if want != 2 {
+		t.Fatalf("pullGatherMin(32) = %d, want 2", want)
+	}
+	got := make(chan int, 1)
+	go func() { got <- p.gather(context.Background(), slots, want) }()
+	<-slots // a delivery ends
+	p.freed()
+	if n := <-got; n != 2 {
+		t.Errorf("gather = %d after a delivery ended, want 2", n)
+	}
+	// Nothing ends: it pulls the one place it has once pullGather is over.
+	slots <- struct{}{}
+	if n := p.gather(context.Background(), slots, want); n != 1 {
+		t.Errorf("gather = %d with nothing ending, want 1", n)
 	}
 }
