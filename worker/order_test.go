@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/understudy-ai/understudy/broker"
 	"github.com/understudy-ai/understudy/chat"
@@ -349,4 +350,55 @@ func TestWaitingRoomKeepsTheShallowest(t *testing.T) {
 		}
 	}
 	settled(t, b, 10*time.Second)
+}
+
+// TestDrainPutsParkedDeliveriesBackAtOnce: when a pool drains, the
+// deliveries parked in its waiting room go back to the queue at once, for
+// another replica to hold, while the one it works on has the shutdown grace
+// to finish.
+func TestDrainPutsParkedDeliveriesBackAtOnce(t *testing.T) {
+	b := newBroker(t, broker.Topology{AckWait: time.Second})
+	hung := newFleet(t, "deepseek")
+	hung.sim("deepseek").SetMode(sim.ModeHang)
+	s := orderedSetup("draining")
+	s.cfg.ShutdownGrace = 6 * time.Second
+	s.timeout = map[string]time.Duration{"deepseek": time.Minute}
+	first := startPool(t, b, hung, s)
+	for k := range 3 {
+		publish(t, b, "c-1", turnRequest("c-1", k), "")
+	}
+	poll.Until(t, 5*time.Second, "the head at its provider and two parked", func() bool {
+		return hung.sim("deepseek").Hits() == 1 && inHand(first.pool) == 3
+	})
+
+	stopped := make(chan struct{})
+	go func() { defer close(stopped); first.stop() }()
+	second := startPool(t, b, newFleet(t, "deepseek"), orderedSetup("taking-over"))
+	poll.Until(t, 4*time.Second, "the parked two held by the other replica", func() bool {
+		return inHand(second.pool) == 2
+	})
+	select {
+	case <-stopped:
+		t.Fatal("the draining pool returned before its grace was over: the head was not given its grace")
+	default:
+	}
+	// Its grace over, the head goes back too, and the other replica answers
+	// all three in order.
+	<-stopped
+	poll.Until(t, 15*time.Second, "three replies", func() bool { return len(replies(t, b)) == 3 })
+	for k, r := range replies(t, b) {
+		if want := fmt.Sprintf("c-1#%d", k); r.ID != want || r.Status != chat.StatusOK {
+			t.Errorf("reply %d: %s %s, want %s ok", k, r.ID, r.Status, want)
+		}
+	}
+}
+
+// inHand reads a pool's in-flight gauge: the deliveries it holds, worked on
+// or parked.
+func inHand(p *Pool) float64 {
+	var m dto.Metric
+	if err := p.m.inFlight.Write(&m); err != nil {
+		return -1
+	}
+	return m.GetGauge().GetValue()
 }
