@@ -89,6 +89,18 @@ type Attempt struct {
 	FirstChunkMS int64 `json:"first_chunk_ms,omitempty"`
 }
 
+// Called reports whether the attempt reached its provider: a skip
+// (breaker_open, or rate_limited while cooling down) carries no status code.
+func (a Attempt) Called() bool {
+	return a.Outcome != OutcomeBreakerOpen && (a.Outcome != OutcomeRateLimited || a.StatusCode != 0)
+}
+
+// Folded reports whether an ok reply carries the attempt in place of its
+// attempt event: the answering attempt, and skips (no call, no cost).
+// Attempts that called a provider and failed have their event written at
+// once (a crash must not lose a call's record).
+func (a Attempt) Folded() bool { return a.Outcome == OutcomeOK || !a.Called() }
+
 // Usage is the token usage the serving provider reported.
 type Usage struct {
 	PromptTokens     int64 `json:"prompt_tokens"`

@@ -230,11 +230,10 @@ type reqState struct {
 	status   uint8
 	degraded bool
 	dead     bool
-	// replyDelivery is the delivery that stored the ok reply; okEvent the
-	// delivery of an "ok" attempt event (0: none). A reply's answering
-	// attempt has no event of its own (earlier workers wrote one):
-	// it is counted from the reply unless an event of that delivery was.
-	replyDelivery, okEvent uint32
+	// okEvent is the delivery of an "ok" attempt event (0: none): an ok
+	// reply's folded attempts (chat.Attempt.Folded) are counted from the
+	// reply unless its delivery wrote them as events (earlier workers).
+	okEvent uint32
 }
 
 // maxNames bounds the distinct providers and error codes told apart; more
@@ -258,11 +257,7 @@ type replyInfo struct {
 	// provider sent it.
 	FirstChunkMS int64  `json:"first_chunk_ms"`
 	Deliveries   uint64 `json:"deliveries"`
-	Attempts     []struct {
-		Provider string `json:"provider"`
-		Delivery uint64 `json:"delivery"`
-		Chunks   int    `json:"chunks"`
-	} `json:"attempts"`
+	Attempts     []chat.Attempt `json:"attempts"`
 	stored int64
 }
 
@@ -345,9 +340,11 @@ func Build(ctx context.Context, src Source, subj chat.Subjects, opt Options) (*R
 		needRequests bool
 	}{
 		{chat.KindRequests, pick(conv == "", subj.AllRequests(), subj.Request(conv)), opt.Since, opt.Until, b.request, false},
+		// Events before replies: an ok reply's attempts are counted from it
+		// unless its delivery wrote them as events (earlier workers).
+		{chat.KindEvents, subj.AllEvents(), opt.Since, late, b.event, true},
 		{chat.KindReplies, subj.AllReplies(), opt.Since, late, b.reply, true},
 		{chat.KindDead, subj.AllDead(), opt.Since, late, b.dead, true},
-		{chat.KindEvents, subj.AllEvents(), opt.Since, late, b.event, true},
 		// Breaker events from the start, to know each breaker's state at Since.
 		{chat.KindEvents, subj.Event(chat.EventBreaker, "*"), time.Time{}, late, b.breaker, false},
 	}
@@ -479,7 +476,9 @@ func (b *builder) applyReply(st *reqState, r replyInfo) {
 	}
 	if r.Status == chat.StatusOK {
 		st.status, st.what, st.degraded = statusOK, b.name(r.Provider), r.Degraded
-		st.replyDelivery = uint32(min(r.Deliveries, math.MaxUint32))
+		if uint64(st.okEvent) != r.Deliveries || r.Deliveries == 0 {
+			b.foldedAttempts(&r)
+		}
 		if r.Usage != nil {
 			p := b.intern(r.Provider)
 			u := b.tokens[p]
@@ -563,6 +562,23 @@ func (b *builder) event(m *broker.Stored) error {
 	return nil
 }
 
+// foldedAttempts counts the attempts an ok reply carries in place of their
+// events: its delivery's answer and skips. A reply that lists no answering
+// attempt counts one for its provider.
+func (b *builder) foldedAttempts(r *replyInfo) {
+	answered := false
+	for _, a := range r.Attempts {
+		if a.Delivery != 0 && r.Deliveries != 0 && a.Delivery != r.Deliveries || !a.Folded() {
+			continue
+		}
+		answered = answered || a.Outcome == chat.OutcomeOK
+		b.countAttempt(a.Provider, a.Outcome)
+	}
+	if !answered {
+		b.countAttempt(r.Provider, chat.OutcomeOK)
+	}
+}
+
 func (b *builder) countAttempt(provider string, o chat.Outcome) {
 	p := b.intern(provider)
 	byOutcome := b.attempts[p]
@@ -630,12 +646,6 @@ func (b *builder) report() *Report {
 				st = b.applyDead(st, code)
 			}
 			b.reqs[k] = st
-		}
-	}
-	// The answering attempts stored only in their replies.
-	for _, st := range b.reqs {
-		if st.status == statusOK && st.okEvent != st.replyDelivery {
-			b.countAttempt(b.names[st.what], chat.OutcomeOK)
 		}
 	}
 	opt := b.opt

@@ -37,9 +37,10 @@ type delivery struct {
 	// stream publishes the answer chunk by chunk; nil when not streamed.
 	stream *streamer
 
-	// answerEvent is the answering attempt's event, published only if no
-	// reply of this delivery gets stored (recordUnstoredAnswer).
-	answerEvent *chat.Event
+	// folded holds the events of the attempts an ok reply carries in
+	// their place (the answer, skips), published only if no ok reply of
+	// this delivery gets stored (publishFolded).
+	folded []*chat.Event
 
 	// inTurn: the request is its conversation's head (worker.ordering:
 	// conversation) until its settlement is recorded.

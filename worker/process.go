@@ -102,7 +102,7 @@ func (d *delivery) work(ctx context.Context) {
 	preq := &providers.Request{Messages: req.Messages, MaxTokens: req.MaxTokens, Temperature: req.Temperature}
 	d.stream = d.newStreamer(ctx)
 	ladder := p.chain.run(callCtx, preq, d.observe, d.stream)
-	defer d.recordUnstoredAnswer()
+	defer d.publishFolded()
 	stopWatch()
 	cancel()
 
@@ -150,20 +150,23 @@ func (p *Pool) decodeLimits() chat.DecodeLimits {
 }
 
 // observe records each attempt as it ends: metrics, event, log. The
-// answering attempt's event waits: it is in the reply, and only published
-// when no reply of this delivery is stored (recordUnstoredAnswer), so a
-// request answered at once costs the server no event.
+// events of the answering attempt and of skips (no call: breaker open,
+// cooling down) wait: they are in the reply, and only published when no ok
+// reply of this delivery is stored (publishFolded), so a request answered
+// at once, or past an open breaker, costs the server no event. A call that
+// failed is published at once: it may have cost, and a crash must not
+// lose its record.
 func (d *delivery) observe(a chat.Attempt, err error) {
 	p := d.p
 	p.m.attempts.WithLabelValues(a.Provider, string(a.Outcome)).Inc()
-	if called(a) {
+	if a.Called() {
 		p.m.attemptSeconds.WithLabelValues(a.Provider).Observe(float64(a.LatencyMS) / 1000)
 	}
 	ev := &chat.Event{Type: chat.EventAttempt, At: time.Now(), Worker: p.id, RequestID: d.req.ID,
 		ConversationID: d.req.ConversationID, Delivery: d.m.NumDelivered, StreamSeq: d.m.StreamSeq,
 		Provider: a.Provider, Outcome: a.Outcome, StatusCode: a.StatusCode, LatencyMS: a.LatencyMS}
-	if a.Outcome == chat.OutcomeOK {
-		d.answerEvent = ev
+	if a.Folded() {
+		d.folded = append(d.folded, ev)
 	} else {
 		p.b.PublishEvent(ev, d.req.ConversationID)
 	}
@@ -177,21 +180,15 @@ func (d *delivery) observe(a chat.Attempt, err error) {
 	}
 }
 
-// recordUnstoredAnswer publishes the answering attempt's event when this
-// delivery's reply was not stored (not storable, a write that failed, a
-// claim lost, a reply stored earlier by another delivery): a provider call
-// that was paid for is on record either way.
-func (d *delivery) recordUnstoredAnswer() {
-	if ev := d.answerEvent; ev != nil {
-		d.answerEvent = nil
+// publishFolded publishes the events held for the reply (the answering
+// attempt's, the skips') when this delivery stored no ok reply (none was
+// storable, a write failed, the claim was lost, a reply was stored before
+// by another delivery, or the ladder failed): every attempt is on record.
+func (d *delivery) publishFolded() {
+	for _, ev := range d.folded {
 		d.p.b.PublishEvent(ev, d.req.ConversationID)
 	}
-}
-
-// called reports whether an attempt reached its provider (skips carry no
-// status code: breaker_open, or rate_limited while cooling down).
-func called(a chat.Attempt) bool {
-	return a.Outcome != chat.OutcomeBreakerOpen && (a.Outcome != chat.OutcomeRateLimited || a.StatusCode != 0)
+	d.folded = nil
 }
 
 // answer publishes the ok reply, records the id as answered and acks. An
@@ -229,7 +226,7 @@ func (d *delivery) answer(ctx context.Context, res *Result) {
 	case dup:
 		d.log.Info().Msg("a reply with this id was already stored; the server dropped this one")
 	default:
-		d.answerEvent = nil // in the reply
+		d.folded = nil // in the reply
 	}
 	d.stream.end(ctx, "")
 	d.lapse()

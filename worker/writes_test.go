@@ -4,21 +4,22 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/understudy-ai/understudy/broker"
 	"github.com/understudy-ai/understudy/chat"
 	"github.com/understudy-ai/understudy/providers/sim"
 )
 
-// storedWrites counts every message ever stored in each of the pipeline's
-// streams (the last sequence: deletions and the claims bucket's one-entry
-// history do not hide a write).
+// storedWrites counts every message ever stored in the requests, replies,
+// dead letters and claims (the last sequence: deletions and the claims
+// bucket's one-entry history do not hide a write).
 func storedWrites(t *testing.T, b *broker.Broker) map[string]uint64 {
 	t.Helper()
 	out := map[string]uint64{}
 	names := map[string]string{
 		"requests": subj.Stream(chat.KindRequests), "replies": subj.Stream(chat.KindReplies),
-		"events": subj.Stream(chat.KindEvents), "dead": subj.Stream(chat.KindDead),
+		"dead":   subj.Stream(chat.KindDead),
 		"claims": "KV_" + subj.Stream(chat.KindClaims),
 	}
 	for kind, name := range names {
@@ -38,28 +39,38 @@ func storedWrites(t *testing.T, b *broker.Broker) map[string]uint64 {
 // TestStoredWritesPerRequest counts what a request costs the server: on the
 // happy path the request, its claim and its reply, nothing more (the
 // answering attempt is in the reply; a later message with the id finds the
-// reply); a fallback adds the failed attempt's event.
+// reply); a fallback adds the failed call's event; a skip of a provider whose
+// breaker is open is in the reply too.
 func TestStoredWritesPerRequest(t *testing.T) {
 	const n = 12
 	tests := []struct {
 		name    string
 		primary sim.Mode
+		open    bool // the primary's breaker is open: every request skips it
 		want    map[string]uint64
 	}{
-		{"happy path", sim.ModeOK, map[string]uint64{"requests": n, "claims": n, "replies": n, "events": 0, "dead": 0}},
-		{"fallback", sim.ModeError, map[string]uint64{"requests": n, "claims": n, "replies": n, "events": n, "dead": 0}},
+		{"happy path", sim.ModeOK, false, map[string]uint64{"requests": n, "claims": n, "replies": n, "events": 0, "dead": 0}},
+		{"fallback", sim.ModeError, false, map[string]uint64{"requests": n, "claims": n, "replies": n, "events": n, "dead": 0}},
+		// The skip called nobody: it is in the reply, like the answer.
+		{"primary open", sim.ModeOK, true, map[string]uint64{"requests": n, "claims": n, "replies": n, "events": 0, "dead": 0}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			b := newBroker(t, broker.Topology{})
 			f := newFleet(t, "deepseek", "llama")
 			f.sim("deepseek").SetMode(tt.primary)
-			startPool(t, b, f, keepCalling())
+			r := startPool(t, b, f, keepCalling())
+			if tt.open {
+				r.chain.Links()[0].Breaker.ForceOpen(time.Now().Add(time.Hour))
+			}
 			for i := range n {
 				publish(t, b, fmt.Sprintf("c-%d", i%3), request(fmt.Sprintf("w-%d", i)), "")
 			}
 			waitReplies(t, b, n)
 			got := storedWrites(t, b)
+			// Attempt events only (forcing the breaker open records a
+			// transition).
+			got["events"] = uint64(len(events(t, b, chat.EventAttempt)))
 			for kind, want := range tt.want {
 				if got[kind] != want {
 					t.Errorf("%s: %d stored writes for %d requests, want %d", kind, got[kind], n, want)
