@@ -206,6 +206,11 @@ func (p *openAI) Stream(ctx context.Context, req *Request, firstChunk time.Durat
 	if chunks == 0 && !finished {
 		return nil, &Error{Outcome: chat.OutcomeError, StatusCode: resp.StatusCode, Err: fmt.Errorf("%w: a stream without a chunk or a finish reason", ErrMalformed)}
 	}
+	// The body's end (a chunked body's last chunk, right after [DONE]) is
+	// read so that the connection serves the next call: a body closed
+	// before its end drops the connection, and the next stream waits for a
+	// dial. The idle timer bounds the wait, maxDrain what is read.
+	_, _ = io.CopyN(io.Discard, r, maxDrain)
 	out.Content = content.String()
 	return out, nil
 }
