@@ -304,3 +304,27 @@ func TestStreamReusesConnection(t *testing.T) {
 		t.Errorf("3 streamed calls in a row opened %d connections, want 1", n)
 	}
 }
+
+// A server that holds its body open after [DONE] does not hold the answer:
+// the body's end is waited for only briefly (then the connection is
+// dropped, as a body closed early is).
+func TestStreamDoesNotWaitForABodyHeldOpenAfterDone(t *testing.T) {
+	srv := newServer(t, func(cs *countingServer, w http.ResponseWriter, r *http.Request) {
+		drain(r)
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = w.Write([]byte("data: {\"choices\":[{\"delta\":{\"content\":\"x\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n"))
+		http.NewResponseController(w).Flush()
+		select {
+		case <-cs.release:
+		case <-r.Context().Done():
+		}
+	})
+	p := buildOpenAI(t, providers.Config{BaseURL: srv.URL + "/v1", StreamIdleTimeout: time.Minute})
+	r := stream(t, p, 10*time.Second, 5*time.Second, hello())
+	if r.err != nil || r.resp.Content != "x" {
+		t.Fatalf("Stream = %+v, %v", r.resp, r.err)
+	}
+	if r.elapsed > 5*time.Second {
+		t.Errorf("Stream returned %s after [DONE] was sent: it waited for the body's end", r.elapsed.Round(time.Millisecond))
+	}
+}
