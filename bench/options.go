@@ -60,6 +60,11 @@ type Options struct {
 	// Payload is the size of each request's user message in bytes.
 	// Default 256.
 	Payload int
+	// Rate is the request rate (per second) of every latency phase
+	// (backlog's and ordered's excepted: they measure while draining).
+	// Default 0: half the scenario's measured throughput (open: zero's
+	// rate when lower).
+	Rate float64
 	// Scenarios to run. Default all, in the order of Scenarios.
 	Scenarios []string
 	// CPUProfile, when not empty, is where the zero scenario's first worker
@@ -114,6 +119,9 @@ func (o Options) Validate() error {
 		if c.v < 1 {
 			return fmt.Errorf("%w: %s: must be positive, got %d", ErrInvalidOption, c.name, c.v)
 		}
+	}
+	if o.Rate < 0 {
+		return fmt.Errorf("%w: --rate: must not be negative, got %g", ErrInvalidOption, o.Rate)
 	}
 	if o.Requests < 10 || o.Backlog < 10 || o.Ordered < 10 {
 		return fmt.Errorf("%w: --requests: at least 10", ErrInvalidOption)

@@ -58,3 +58,16 @@ func TestWorkerConfigIsValid(t *testing.T) {
 }
 
 func indexOf(s, sub string) int { return strings.Index(s, sub) }
+
+func TestValidateRate(t *testing.T) {
+	for _, tc := range []struct {
+		rate float64
+		ok   bool
+	}{{0, true}, {50, true}, {0.5, true}, {-1, false}} {
+		o := Options{Binary: "understudy", Rate: tc.rate}
+		o.setDefaults()
+		if err := o.Validate(); (err == nil) != tc.ok || (err != nil && !errors.Is(err, ErrInvalidOption)) {
+			t.Errorf("Validate with Rate %g = %v, want ok %v", tc.rate, err, tc.ok)
+		}
+	}
+}

@@ -41,7 +41,10 @@ type Settings struct {
 	Backlog     int      `json:"backlog_requests"`
 	Ordered     int      `json:"ordered_requests"`
 	Payload     int      `json:"payload_bytes"`
-	Providers   string   `json:"providers"`
+	// Rate is the latency phases' request rate when given (0: half the
+	// measured throughput).
+	Rate      float64 `json:"rate,omitempty"`
+	Providers string  `json:"providers"`
 }
 
 // Result is one scenario at one worker count (or the baseline).
@@ -75,9 +78,10 @@ type Result struct {
 	RatioToUnordered float64 `json:"ratio_to_unordered,omitempty"`
 	// IdealRPS is what the provider's latency allows (slow only).
 	IdealRPS float64 `json:"ideal_requests_per_second,omitempty"`
-	// LatencyRate is the request rate the latencies were measured at (half
-	// the measured throughput; open: zero's rate when that is lower, so
-	// that the two compare; backlog and ordered: while draining).
+	// LatencyRate is the request rate the latencies were measured at
+	// (Options.Rate when given, else half the measured throughput; open:
+	// zero's rate when that is lower, so that the two compare; backlog and
+	// ordered: while draining).
 	LatencyRate float64   `json:"latency_rate"`
 	EndToEndMS  Quantiles `json:"end_to_end_ms"`
 	OverheadMS  Quantiles `json:"overhead_ms"`
@@ -237,7 +241,11 @@ func (r *Report) Text(w io.Writer) {
 			fmt.Fprintf(w, "%s ×%d: %s\n", x.label(), x.Workers, strings.Join(notes, "; "))
 		}
 	}
-	fmt.Fprintln(w, "latencies: at half the measured throughput (open: at zero's rate if lower; backlog and ordered: while draining); overhead = end to end minus the provider's own time")
+	if s.Rate > 0 {
+		fmt.Fprintf(w, "latencies: at %g req/s (backlog and ordered: while draining); overhead = end to end minus the provider's own time\n", s.Rate)
+	} else {
+		fmt.Fprintln(w, "latencies: at half the measured throughput (open: at zero's rate if lower; backlog and ordered: while draining); overhead = end to end minus the provider's own time")
+	}
 	for _, x := range r.Results {
 		if x.Ordering != "" {
 			fmt.Fprintf(w, "ordered: a burst of %d requests, each conversation's in a row, published as fast as the server takes them; provider latency 0; req/s = requests / (first publish → last reply)\n", r.Settings.Ordered)

@@ -57,7 +57,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		Machine: Machine{CPUs: runtime.NumCPU(), GOOS: runtime.GOOS, GOARCH: runtime.GOARCH, GoVersion: runtime.Version(),
 			NATS: o.NATSURL},
 		Settings: Settings{Scenarios: o.Scenarios, Workers: o.Workers, Concurrency: o.Concurrency, Inflight: o.Inflight,
-			Requests: o.Requests, Backlog: o.Backlog, Ordered: o.Ordered, Payload: o.Payload, Providers: "in-process simulated providers over HTTP"},
+			Requests: o.Requests, Backlog: o.Backlog, Ordered: o.Ordered, Payload: o.Payload, Rate: o.Rate, Providers: "in-process simulated providers over HTTP"},
 	}
 	if o.ProviderURL != "" {
 		rep.Settings.Providers = "answers from " + o.ProviderURL + "; failing primaries in-process"
@@ -488,6 +488,9 @@ func (r *runner) scenario(ctx context.Context, sc string, w int) (Result, error)
 			// Zero's rate, so that the two compare, unless it is more than
 			// half of what open sustains here (then queues would decide).
 			res.LatencyRate = min(rate, res.LatencyRate)
+		}
+		if o.Rate > 0 {
+			res.LatencyRate = o.Rate
 		}
 		r.prog.phase(label, fmt.Sprintf("latency at %.0f req/s", res.LatencyRate))
 		if err := t.paced(ctx, r.js, phasePaced, res.LatencyRate, r.prog.watch); err != nil {

@@ -64,6 +64,12 @@ type streamChunk struct {
 // maxErrorBody bounds how much of an error answer is read.
 const maxErrorBody = 64 << 10
 
+// drainWait bounds the wait for a stream's body to end after its last
+// event: servers end it at once.
+const drainWait = 100 * time.Millisecond
+
+var errDrainWait = errors.New("stream body not ended after its last event")
+
 func (p *openAI) Stream(ctx context.Context, req *Request, firstChunk time.Duration, onChunk func(string)) (*Response, error) {
 	req = p.settings.Apply(req)
 	idle := p.settings.StreamIdle
@@ -206,6 +212,14 @@ func (p *openAI) Stream(ctx context.Context, req *Request, firstChunk time.Durat
 	if chunks == 0 && !finished {
 		return nil, &Error{Outcome: chat.OutcomeError, StatusCode: resp.StatusCode, Err: fmt.Errorf("%w: a stream without a chunk or a finish reason", ErrMalformed)}
 	}
+	// The body's end (a chunked body's last chunk, right after [DONE]) is
+	// read so that the connection serves the next call: a body closed
+	// before its end drops the connection, and the next stream waits for a
+	// dial. A server that holds the body open gets drainWait (then the
+	// connection is dropped), and maxDrain bytes.
+	timer.Stop()
+	timer = time.AfterFunc(drainWait, func() { cancel(errDrainWait) })
+	_, _ = io.CopyN(io.Discard, r, maxDrain)
 	out.Content = content.String()
 	return out, nil
 }

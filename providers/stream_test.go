@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -265,5 +268,63 @@ func readAll(r *http.Request) string {
 		if err != nil {
 			return sb.String()
 		}
+	}
+}
+
+// A streamed call that ends with [DONE] leaves its connection to the next
+// call: a new connection per stream costs a dial and a server goroutine
+// before every first chunk (docs/BENCHMARKS.md, stream). Like the
+// simulated provider, the server flushes [DONE] and ends the chunked body
+// in a later write (here a little later, so that it is not read together).
+func TestStreamReusesConnection(t *testing.T) {
+	var conns atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		drain(r)
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = w.Write([]byte("data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n"))
+		http.NewResponseController(w).Flush()
+		_, _ = w.Write([]byte("data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n"))
+		http.NewResponseController(w).Flush()
+		time.Sleep(20 * time.Millisecond) // the body's end, in a packet of its own
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	p := buildOpenAI(t, providers.Config{BaseURL: srv.URL + "/v1"})
+	for i := range 3 {
+		if r := stream(t, p, 5*time.Second, 5*time.Second, hello()); r.err != nil || r.resp.Content != "x" {
+			t.Fatalf("call %d: Stream = %+v, %v", i, r.resp, r.err)
+		}
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("3 streamed calls in a row opened %d connections, want 1", n)
+	}
+}
+
+// A server that holds its body open after [DONE] does not hold the answer:
+// the body's end is waited for only briefly (then the connection is
+// dropped, as a body closed early is).
+func TestStreamDoesNotWaitForABodyHeldOpenAfterDone(t *testing.T) {
+	srv := newServer(t, func(cs *countingServer, w http.ResponseWriter, r *http.Request) {
+		drain(r)
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = w.Write([]byte("data: {\"choices\":[{\"delta\":{\"content\":\"x\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n"))
+		http.NewResponseController(w).Flush()
+		select {
+		case <-cs.release:
+		case <-r.Context().Done():
+		}
+	})
+	p := buildOpenAI(t, providers.Config{BaseURL: srv.URL + "/v1", StreamIdleTimeout: time.Minute})
+	r := stream(t, p, 10*time.Second, 5*time.Second, hello())
+	if r.err != nil || r.resp.Content != "x" {
+		t.Fatalf("Stream = %+v, %v", r.resp, r.err)
+	}
+	if r.elapsed > 5*time.Second {
+		t.Errorf("Stream returned %s after [DONE] was sent: it waited for the body's end", r.elapsed.Round(time.Millisecond))
 	}
 }

@@ -306,3 +306,29 @@ func TestStreamOptIn(t *testing.T) {
 		t.Errorf("stream false: %d chunks published", len(got))
 	}
 }
+
+// Each chunk is published as it arrives: the first is in CHAT_STREAM while
+// the provider waits its chunk delay before the second (a reader that
+// waited to fill a buffer, or for the next event, would publish both
+// together, after the delay).
+func TestStreamFirstChunkBeforeTheSecond(t *testing.T) {
+	const delay = 2 * time.Second
+	b := newBroker(t, broker.Topology{})
+	f := streamFleet(t, providers.Config{Name: "slow", Timeout: 10 * time.Second, Sim: sim.Config{ChunkDelay: delay}})
+	startPool(t, b, f, keepCalling())
+	// The rest of the answer is not waited for: the provider stops first.
+	t.Cleanup(func() { _ = f.sim("slow").Close() })
+	publish(t, b, "c1", streamRequest("r1"), "")
+	var got []chat.Chunk
+	poll.Until(t, 20*time.Second, "r1's first chunk stored", func() bool {
+		got = chunks(t, b, "c1", "r1")
+		return len(got) > 0
+	})
+	if s := shape(t, got); s != "slow:1" {
+		t.Errorf("when the first chunk was stored the client saw %s, want slow:1 (the second is %s away)", s, delay)
+	}
+	poll.Until(t, 20*time.Second, "r1's second chunk stored", func() bool {
+		got = chunks(t, b, "c1", "r1")
+		return len(got) > 1
+	})
+}

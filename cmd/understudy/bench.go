@@ -30,6 +30,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs.IntVar(&o.Concurrency, "concurrency", 64, "worker.concurrency (and the raw loop's responders)")
 	fs.IntVar(&o.Requests, "requests", 10000, "requests measuring each scenario's throughput (half as many more measure latency); backlog: 100000 and ordered: 2000 a case unless given")
 	fs.IntVar(&o.Payload, "payload", 256, "bytes of each request's user message")
+	fs.Float64Var(&o.Rate, "rate", 0, "request rate (per second) of the latency phases (default: half each scenario's measured throughput)")
 	scenarios := fs.String("scenario", "all", "all, or a comma-separated list of zero, fallback, open, slow, backlog, stream, ordered")
 	fs.IntVar(&o.Inflight, "inflight", 2000, "slow: worker.concurrency (requests in flight in one process)")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
