@@ -255,10 +255,10 @@ type replyInfo struct {
 	Usage *chat.Usage `json:"usage"`
 	// Streaming: the time to first chunk, and the attempts to tell which
 	// provider sent it.
-	FirstChunkMS int64  `json:"first_chunk_ms"`
-	Deliveries   uint64 `json:"deliveries"`
+	FirstChunkMS int64          `json:"first_chunk_ms"`
+	Deliveries   uint64         `json:"deliveries"`
 	Attempts     []chat.Attempt `json:"attempts"`
-	stored int64
+	stored       int64
 }
 
 // firstChunkProvider is the provider whose chunk came first in the
