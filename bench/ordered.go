@@ -74,17 +74,11 @@ func (r *runner) orderedCase(ctx context.Context, w, convs int, ordering string)
 		answerURL = answer.url
 	}
 	cfg.chain = []chainLink{{"answer", answerURL}}
-	workers, err := r.startWorkers(ctx, prefix, ScenarioOrdered, w, cfg)
-	defer func() {
-		for _, wp := range workers {
-			wp.stop()
-		}
-	}()
+	workers, ready, stop, err := r.launchWorkers(ctx, prefix, ScenarioOrdered, w, cfg)
+	defer stop()
 	if err != nil {
 		return res, err
 	}
-	ready := r.usage(workers)
-	r.resetPeaks()
 
 	label := fmt.Sprintf("%s ×%d", res.label(), w)
 	r.prog.phase(label, "warming up")

@@ -407,17 +407,11 @@ func (r *runner) scenario(ctx context.Context, sc string, w int) (Result, error)
 		}
 	}
 
-	workers, err := r.startWorkers(ctx, prefix, sc, w, cfg)
-	defer func() {
-		for _, wp := range workers {
-			wp.stop()
-		}
-	}()
+	workers, ready, stop, err := r.launchWorkers(ctx, prefix, sc, w, cfg)
+	defer stop()
 	if err != nil {
 		return res, err
 	}
-	ready := r.usage(workers)
-	r.resetPeaks()
 
 	if sc == ScenarioBacklog {
 		r.prog.phase(label, "draining")
@@ -538,9 +532,30 @@ func memPerInflight(ready, end usage, inflight int) float64 {
 	return float64(grow) / 1024 / float64(inflight)
 }
 
-// startWorkers starts w `serve` processes on cfg and waits until each is
-// ready.
-func (r *runner) startWorkers(ctx context.Context, prefix, sc string, w int, cfg workerConfig) ([]*workerProc, error) {
+// launchWorkers starts w `serve` processes on cfg, waits until each is
+// ready, and reads their usage then (the peaks reset from there). stop
+// ends the ones started, also after an error.
+func (r *runner) launchWorkers(ctx context.Context, prefix, sc string, w int, cfg workerConfig) (ws []*workerProc, ready usage, stop func(), err error) {
+	stop = func() {
+		for _, wp := range ws {
+			wp.stop()
+		}
+	}
+	if ws, err = r.startWorkers(prefix, sc, w, cfg); err != nil {
+		return ws, ready, stop, err
+	}
+	for _, wp := range ws {
+		if err := wp.waitReady(ctx, 30*time.Second); err != nil {
+			return ws, ready, stop, err
+		}
+	}
+	ready = r.usage(ws)
+	r.resetPeaks()
+	return ws, ready, stop, nil
+}
+
+// startWorkers starts w `serve` processes on cfg.
+func (r *runner) startWorkers(prefix, sc string, w int, cfg workerConfig) ([]*workerProc, error) {
 	var ws []*workerProc
 	for i := range w {
 		profile := ""
@@ -553,11 +568,6 @@ func (r *runner) startWorkers(ctx context.Context, prefix, sc string, w int, cfg
 			return ws, err
 		}
 		ws = append(ws, wp)
-	}
-	for _, wp := range ws {
-		if err := wp.waitReady(ctx, 30*time.Second); err != nil {
-			return ws, err
-		}
 	}
 	return ws, nil
 }

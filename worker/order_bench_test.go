@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/understudy-ai/understudy/chat"
 	"github.com/understudy-ai/understudy/internal/poll"
 )
@@ -44,11 +46,21 @@ func benchOrdering(b *testing.B, latency time.Duration, convs int, ordering stri
 	}
 	js := bk.JetStream()
 	b.ResetTimer()
+	publishInRows(b, js, convs, func(conv string) string { return subj.Request(conv) })
+	waitStored(b, js, subj.Stream(chat.KindReplies))
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
+}
+
+// publishInRows publishes b.N requests to convs conversations, conversation
+// after conversation (each one's requests in a row: the hard case for
+// order), on the subjects requestSubject names.
+func publishInRows(b *testing.B, js jetstream.JetStream, convs int, requestSubject func(conv string) string) {
+	b.Helper()
 	per := (b.N + convs - 1) / convs
 	for i := range b.N {
 		c, k := i/per, i%per
 		data, _ := json.Marshal(request(fmt.Sprintf("b-%d-%d", c, k)))
-		if _, err := js.PublishAsync(subj.Request(fmt.Sprintf("c-%d", c)), data); err != nil {
+		if _, err := js.PublishAsync(requestSubject(fmt.Sprintf("c-%d", c)), data); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -57,13 +69,17 @@ func benchOrdering(b *testing.B, latency time.Duration, convs int, ordering stri
 	case <-time.After(time.Minute):
 		b.Fatal("publishes not acknowledged within a minute")
 	}
-	poll.Until(b, 5*time.Minute, fmt.Sprintf("%d replies", b.N), func() bool {
-		st, err := js.Stream(context.Background(), subj.Stream(chat.KindReplies))
+}
+
+// waitStored waits until the stream holds b.N messages.
+func waitStored(b *testing.B, js jetstream.JetStream, stream string) {
+	b.Helper()
+	poll.Until(b, 5*time.Minute, fmt.Sprintf("%d messages in %s", b.N, stream), func() bool {
+		st, err := js.Stream(context.Background(), stream)
 		if err != nil {
 			return false
 		}
 		info, err := st.Info(context.Background())
 		return err == nil && info.State.Msgs >= uint64(b.N)
 	})
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
 }

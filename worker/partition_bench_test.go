@@ -177,27 +177,8 @@ func benchPartitioned(b *testing.B, latency time.Duration, convs, parts int) {
 	js := bk.JetStream()
 	startPartitioned(b, js, f.built[0], parts, 100*time.Millisecond)
 	b.ResetTimer()
-	per := (b.N + convs - 1) / convs
-	for i := range b.N {
-		c, k := i/per, i%per
-		data, _ := json.Marshal(request(fmt.Sprintf("b-%d-%d", c, k)))
-		if _, err := js.PublishAsync(fmt.Sprintf("%s.c-%d", partRequests, c), data); err != nil {
-			b.Fatal(err)
-		}
-	}
-	select {
-	case <-js.PublishAsyncComplete():
-	case <-time.After(time.Minute):
-		b.Fatal("publishes not acknowledged within a minute")
-	}
-	poll.Until(b, 5*time.Minute, fmt.Sprintf("%d replies", b.N), func() bool {
-		st, err := js.Stream(context.Background(), partReplies)
-		if err != nil {
-			return false
-		}
-		info, err := st.Info(context.Background())
-		return err == nil && info.State.Msgs >= uint64(b.N)
-	})
+	publishInRows(b, js, convs, func(conv string) string { return partRequests + "." + conv })
+	waitStored(b, js, partReplies)
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
 }
 
