@@ -263,6 +263,8 @@ type e2eConfig struct {
 	concurrency   int
 	grace         string
 	maxDeliveries int
+	ackWait       string // "": 2s
+	ordering      string // "": worker.ordering unset
 	providers     []e2eProvider
 }
 
@@ -278,6 +280,13 @@ func (c e2eConfig) yaml() string {
 	if c.grace == "" {
 		c.grace = "10s"
 	}
+	if c.ackWait == "" {
+		c.ackWait = "2s"
+	}
+	ordering := ""
+	if c.ordering != "" {
+		ordering = fmt.Sprintf("  ordering: %s\n", c.ordering)
+	}
 	fmt.Fprintf(&b, `nats:
   url: %q
 subjects: {prefix: chat}
@@ -285,9 +294,9 @@ streams: {replicas: 1}
 worker:
   concurrency: %d
   request_ttl: 1m
-  ack_wait: 2s
+  ack_wait: %s
   max_deliveries: %d
-  requeue_min: 200ms
+%s  requeue_min: 200ms
   requeue_max: 1s
   shutdown_grace: %s
 retry: {min: 10ms, max: 100ms, factor: 2, jitter: true}
@@ -296,7 +305,7 @@ metrics:
   listen: %q
 log: {level: debug}
 providers:
-`, c.natsURL, c.concurrency, c.maxDeliveries, c.grace, listen)
+`, c.natsURL, c.concurrency, c.ackWait, c.maxDeliveries, ordering, c.grace, listen)
 	for _, p := range c.providers {
 		fmt.Fprintf(&b, "  - {name: %s, kind: openai, base_url: %q, model: %s, timeout: 10s}\n", p.name, p.url, p.model)
 	}
