@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"strings"
 	"sync"
 	"syscall"
@@ -118,17 +117,8 @@ func TestStreamWorkerKilledMidStream(t *testing.T) {
 // so that a dead worker's claim is stale after 3s.
 func e2eServeStreamCrash(t *testing.T, name string, c e2eConfig) *e2eProc {
 	t.Helper()
-	c.metricsPort = e2eFreePort(t)
-	yaml := c.yaml()
-	if !strings.Contains(yaml, "  ack_wait: 2s\n") {
-		t.Fatalf("the test configuration has no ack_wait to shorten:\n%s", yaml)
-	}
-	yaml = strings.Replace(yaml, "  ack_wait: 2s\n", "  ack_wait: 1s\n", 1)
-	path := e2eWriteFile(t, name+".yaml", yaml)
-	p := e2eStart(t, name, e2eEnv(), "serve", "--config", path, "--name", name)
-	p.port = c.metricsPort
-	p.waitReadyz(20*time.Second, http.StatusOK)
-	return p
+	c.ackWait = "1s"
+	return e2eServe(t, name, c)
 }
 
 // e2ePublishStream publishes request id on conv asking for a streamed answer.
