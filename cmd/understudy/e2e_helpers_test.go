@@ -377,13 +377,7 @@ func e2ePublish(t *testing.T, js jetstream.JetStream, conv, id string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	msg := &nats.Msg{Subject: "chat.requests." + conv, Data: data, Header: nats.Header{}}
-	msg.Header.Set("Nats-Msg-Id", id)
-	if _, err := js.PublishMsg(ctx, msg); err != nil {
-		t.Fatalf("publish %s: %v", id, err)
-	}
+	e2ePublishData(t, js, conv, id, data)
 }
 
 // e2ePublishN publishes n requests named prefix-NN over three conversations
@@ -522,18 +516,11 @@ type e2eCoreReplies struct {
 func e2eSubscribeReplies(t *testing.T, nc *nats.Conn) *e2eCoreReplies {
 	t.Helper()
 	c := &e2eCoreReplies{counts: map[string]int{}}
-	sub, err := nc.Subscribe("chat.replies.>", func(m *nats.Msg) {
+	e2eSubscribe(t, nc, "chat.replies.>", func(m *nats.Msg) {
 		c.mu.Lock()
 		c.counts[m.Header.Get("Nats-Msg-Id")]++
 		c.mu.Unlock()
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sub.Unsubscribe() })
 	return c
 }
 
@@ -561,13 +548,7 @@ func e2ePublishAs(t *testing.T, js jetstream.JetStream, conv, id, msgID string) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	msg := &nats.Msg{Subject: "chat.requests." + conv, Data: data, Header: nats.Header{}}
-	msg.Header.Set("Nats-Msg-Id", msgID)
-	if _, err := js.PublishMsg(ctx, msg); err != nil {
-		t.Fatalf("publish %s: %v", id, err)
-	}
+	e2ePublishData(t, js, conv, msgID, data)
 }
 
 // e2eConsumerIdle reports whether the workers consumer has nothing left to
@@ -612,4 +593,30 @@ func e2eWatchPulls(t *testing.T, nc *nats.Conn) <-chan struct{} {
 	}
 	t.Cleanup(func() { _ = sub.Unsubscribe() })
 	return pulls
+}
+
+// e2eSubscribe subscribes fn to subject until the test ends; the server has
+// the interest when it returns.
+func e2eSubscribe(t *testing.T, nc *nats.Conn, subject string, fn nats.MsgHandler) {
+	t.Helper()
+	sub, err := nc.Subscribe(subject, fn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+}
+
+// e2ePublishData stores request data on conv with Nats-Msg-Id msgID.
+func e2ePublishData(t *testing.T, js jetstream.JetStream, conv, msgID string, data []byte) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	msg := &nats.Msg{Subject: "chat.requests." + conv, Data: data, Header: nats.Header{}}
+	msg.Header.Set("Nats-Msg-Id", msgID)
+	if _, err := js.PublishMsg(ctx, msg); err != nil {
+		t.Fatalf("publish %s: %v", msgID, err)
+	}
 }

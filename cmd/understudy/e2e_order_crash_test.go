@@ -158,13 +158,7 @@ func e2ePublishTurn(t *testing.T, js jetstream.JetStream, conv, id string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	msg := &nats.Msg{Subject: "chat.requests." + conv, Data: data, Header: nats.Header{}}
-	msg.Header.Set("Nats-Msg-Id", id)
-	if _, err := js.PublishMsg(ctx, msg); err != nil {
-		t.Fatalf("publish %s: %v", id, err)
-	}
+	e2ePublishData(t, js, conv, id, data)
 }
 
 // e2eHeard records, per conversation, the ids of the replies heard live
@@ -180,7 +174,7 @@ type e2eHeard struct {
 func e2eHearInOrder(t *testing.T, nc *nats.Conn) *e2eHeard {
 	t.Helper()
 	h := &e2eHeard{byConv: map[string][]string{}, all: map[string]bool{}}
-	sub, err := nc.Subscribe("chat.replies.>", func(m *nats.Msg) {
+	e2eSubscribe(t, nc, "chat.replies.>", func(m *nats.Msg) {
 		var r chat.Reply
 		_ = json.Unmarshal(m.Data, &r)
 		h.mu.Lock()
@@ -189,13 +183,6 @@ func e2eHearInOrder(t *testing.T, nc *nats.Conn) *e2eHeard {
 		h.n++
 		h.mu.Unlock()
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sub.Unsubscribe() })
 	return h
 }
 
@@ -224,14 +211,7 @@ type e2eRetries struct{ n atomic.Int64 }
 func e2eCountRetries(t *testing.T, nc *nats.Conn) *e2eRetries {
 	t.Helper()
 	r := &e2eRetries{}
-	sub, err := nc.Subscribe("chat.events."+string(chat.EventRetry)+".>", func(*nats.Msg) { r.n.Add(1) })
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	e2eSubscribe(t, nc, "chat.events."+string(chat.EventRetry)+".>", func(*nats.Msg) { r.n.Add(1) })
 	return r
 }
 

@@ -129,13 +129,7 @@ func e2ePublishStream(t *testing.T, js jetstream.JetStream, conv, id string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	msg := &nats.Msg{Subject: "chat.requests." + conv, Data: data, Header: nats.Header{}}
-	msg.Header.Set("Nats-Msg-Id", id)
-	if _, err := js.PublishMsg(ctx, msg); err != nil {
-		t.Fatalf("publish %s: %v", id, err)
-	}
+	e2ePublishData(t, js, conv, id, data)
 }
 
 // e2eChunksHeard counts the answer's pieces heard live on a conversation's
@@ -154,7 +148,7 @@ func (h *e2eChunksHeard) deltas() int {
 func e2eHearChunks(t *testing.T, nc *nats.Conn, conv string) *e2eChunksHeard {
 	t.Helper()
 	h := &e2eChunksHeard{}
-	sub, err := nc.Subscribe("chat.stream."+conv, func(m *nats.Msg) {
+	e2eSubscribe(t, nc, "chat.stream."+conv, func(m *nats.Msg) {
 		var c chat.Chunk
 		if json.Unmarshal(m.Data, &c) == nil && c.Delta != "" {
 			h.mu.Lock()
@@ -162,13 +156,6 @@ func e2eHearChunks(t *testing.T, nc *nats.Conn, conv string) *e2eChunksHeard {
 			h.mu.Unlock()
 		}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sub.Unsubscribe() })
 	return h
 }
 
