@@ -17,14 +17,7 @@ func BenchmarkAdmission(b *testing.B) {
 		br := breaker.New("p", breaker.Config{ConsecutiveFailures: 5, OpenFor: time.Minute}, nil)
 		b.ReportAllocs()
 		for b.Loop() {
-			if !br.Admitting() {
-				b.Fatal("closed breaker not admitting")
-			}
-			done, err := br.Allow()
-			if err != nil {
-				b.Fatal(err)
-			}
-			done(breaker.Success)
+			admit(b, br)
 		}
 	})
 	b.Run("closed-parallel", func(b *testing.B) {
@@ -32,14 +25,7 @@ func BenchmarkAdmission(b *testing.B) {
 		b.ReportAllocs()
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
-				if !br.Admitting() {
-					b.Fatal("closed breaker not admitting")
-				}
-				done, err := br.Allow()
-				if err != nil {
-					b.Fatal(err)
-				}
-				done(breaker.Success)
+				admit(b, br)
 			}
 		})
 	})
@@ -61,4 +47,17 @@ func BenchmarkAdmission(b *testing.B) {
 			}
 		}
 	})
+}
+
+// admit is one admission of a closed breaker, as a worker makes it before a
+// call: look, allow, the verdict.
+func admit(b *testing.B, br *breaker.Breaker) {
+	if !br.Admitting() {
+		b.Fatal("closed breaker not admitting")
+	}
+	done, err := br.Allow()
+	if err != nil {
+		b.Fatal(err)
+	}
+	done(breaker.Success)
 }

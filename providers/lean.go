@@ -86,18 +86,24 @@ func (p *openAI) completeLean(ctx context.Context, req *Request) (*Response, err
 		return nil, ClassifyTransport(ctx, withContext(ctx, err))
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxDrain))
-	if len(out.Choices) == 0 {
-		return nil, &Error{Outcome: chat.OutcomeError, StatusCode: resp.StatusCode, Err: fmt.Errorf("%w: no choices", ErrMalformed)}
+	return p.answer(&out, resp.StatusCode)
+}
+
+// answer is the response a completion read with a success status says; a
+// completion without a choice is malformed.
+func (p *openAI) answer(c *completion, status int) (*Response, error) {
+	if len(c.Choices) == 0 {
+		return nil, &Error{Outcome: chat.OutcomeError, StatusCode: status, Err: fmt.Errorf("%w: no choices", ErrMalformed)}
 	}
-	model := out.Model
+	model := c.Model
 	if model == "" {
 		model = p.model
 	}
 	return &Response{
-		Content:    out.Choices[0].Message.Content,
+		Content:    c.Choices[0].Message.Content,
 		Model:      model,
-		Usage:      chat.Usage{PromptTokens: out.Usage.PromptTokens, CompletionTokens: out.Usage.CompletionTokens},
-		StatusCode: resp.StatusCode,
+		Usage:      chat.Usage{PromptTokens: c.Usage.PromptTokens, CompletionTokens: c.Usage.CompletionTokens},
+		StatusCode: status,
 	}, nil
 }
 

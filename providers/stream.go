@@ -233,18 +233,11 @@ func (p *openAI) whole(ctx, sctx context.Context, resp *http.Response, onChunk f
 		}
 		return nil, &Error{Outcome: chat.OutcomeError, StatusCode: resp.StatusCode, Err: fmt.Errorf("%w: %w", ErrMalformed, err)}
 	}
-	if len(c.Choices) == 0 {
-		return nil, &Error{Outcome: chat.OutcomeError, StatusCode: resp.StatusCode, Err: fmt.Errorf("%w: no choices", ErrMalformed)}
+	out, err := p.answer(&c, resp.StatusCode)
+	if err == nil && out.Content != "" {
+		onChunk(out.Content)
 	}
-	model := c.Model
-	if model == "" {
-		model = p.model
-	}
-	if s := c.Choices[0].Message.Content; s != "" {
-		onChunk(s)
-	}
-	return &Response{Content: c.Choices[0].Message.Content, Model: model, StatusCode: resp.StatusCode,
-		Usage: chat.Usage{PromptTokens: c.Usage.PromptTokens, CompletionTokens: c.Usage.CompletionTokens}}, nil
+	return out, err
 }
 
 // streamTransport classifies a failure before the first chunk: our first

@@ -229,17 +229,25 @@ func (c *Chain) attempt(ctx context.Context, l *Link, idx int, req *providers.Re
 	start := time.Now()
 	resp, err = l.Provider.Complete(actx, req)
 	a = chat.Attempt{Provider: l.Provider.Name(), LatencyMS: time.Since(start).Milliseconds()}
+	resp, err = judge(actx, &a, resp, err)
+	return a, resp, judged, err
+}
+
+// judge sets a's outcome and status code from a call's result. A failure
+// comes back as a *providers.Error (a transport error classified, with ctx
+// telling a deadline from a cut), and without a response.
+func judge(ctx context.Context, a *chat.Attempt, resp *providers.Response, err error) (*providers.Response, error) {
 	if err == nil {
 		a.Outcome, a.StatusCode = chat.OutcomeOK, resp.StatusCode
-		return a, resp, judged, nil
+		return resp, nil
 	}
 	var perr *providers.Error
 	if !errors.As(err, &perr) {
-		perr = providers.ClassifyTransport(actx, err)
+		perr = providers.ClassifyTransport(ctx, err)
 		err = perr
 	}
 	a.Outcome, a.StatusCode = perr.Outcome, perr.StatusCode
-	return a, nil, judged, err
+	return nil, err
 }
 
 // availableFrom counts the providers from idx on that could be tried now

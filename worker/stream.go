@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -108,16 +107,9 @@ func (s *streamer) call(ctx context.Context, l *Link, budget time.Duration, judg
 	if s.attemptChunks > 0 {
 		a.FirstChunkMS = s.firstOfAttempt.Sub(start).Milliseconds()
 	}
-	if err == nil {
-		a.Outcome, a.StatusCode = chat.OutcomeOK, resp.StatusCode
+	if resp, err = judge(ctx, &a, resp, err); err == nil {
 		return a, resp, judged, nil
 	}
-	var perr *providers.Error
-	if !errors.As(err, &perr) {
-		perr = providers.ClassifyTransport(ctx, err)
-		err = perr
-	}
-	a.Outcome, a.StatusCode = perr.Outcome, perr.StatusCode
 	if s.sinceReset > 0 {
 		s.pendingReason, s.pendingFailed = string(a.Outcome), name
 	}
