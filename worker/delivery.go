@@ -40,7 +40,7 @@ type delivery struct {
 	// folded holds the events of the attempts an ok reply carries in
 	// their place (the answer, skips), published only if no ok reply of
 	// this delivery gets stored (publishFolded).
-	folded []*chat.Event
+	folded []heldAttempt
 
 	// inTurn: the request is its conversation's head (worker.ordering:
 	// conversation) until its settlement is recorded.

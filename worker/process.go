@@ -162,13 +162,10 @@ func (d *delivery) observe(a chat.Attempt, err error) {
 	if a.Called() {
 		p.m.attemptSeconds.WithLabelValues(a.Provider).Observe(float64(a.LatencyMS) / 1000)
 	}
-	ev := &chat.Event{Type: chat.EventAttempt, At: time.Now(), Worker: p.id, RequestID: d.req.ID,
-		ConversationID: d.req.ConversationID, Delivery: d.m.NumDelivered, StreamSeq: d.m.StreamSeq,
-		Provider: a.Provider, Outcome: a.Outcome, StatusCode: a.StatusCode, LatencyMS: a.LatencyMS}
 	if a.Folded() {
-		d.folded = append(d.folded, ev)
+		d.folded = append(d.folded, heldAttempt{a: a, at: time.Now()})
 	} else {
-		p.b.PublishEvent(ev, d.req.ConversationID)
+		d.publishAttempt(a, time.Now())
 	}
 	var perr *providers.Error
 	switch {
@@ -185,10 +182,24 @@ func (d *delivery) observe(a chat.Attempt, err error) {
 // storable, a write failed, the claim was lost, a reply was stored before
 // by another delivery, or the ladder failed): every attempt is on record.
 func (d *delivery) publishFolded() {
-	for _, ev := range d.folded {
-		d.p.b.PublishEvent(ev, d.req.ConversationID)
+	for _, h := range d.folded {
+		d.publishAttempt(h.a, h.at)
 	}
 	d.folded = nil
+}
+
+// heldAttempt is an attempt whose event waits for the reply, and when it
+// ended.
+type heldAttempt struct {
+	a  chat.Attempt
+	at time.Time
+}
+
+// publishAttempt publishes the event of attempt a, ended at at.
+func (d *delivery) publishAttempt(a chat.Attempt, at time.Time) {
+	d.p.b.PublishEvent(&chat.Event{Type: chat.EventAttempt, At: at, Worker: d.p.id, RequestID: d.req.ID,
+		ConversationID: d.req.ConversationID, Delivery: d.m.NumDelivered, StreamSeq: d.m.StreamSeq,
+		Provider: a.Provider, Outcome: a.Outcome, StatusCode: a.StatusCode, LatencyMS: a.LatencyMS}, d.req.ConversationID)
 }
 
 // answer publishes the ok reply, records the id as answered and acks. An

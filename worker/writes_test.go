@@ -8,6 +8,7 @@ import (
 
 	"github.com/understudy-ai/understudy/broker"
 	"github.com/understudy-ai/understudy/chat"
+	"github.com/understudy-ai/understudy/internal/poll"
 	"github.com/understudy-ai/understudy/providers/sim"
 )
 
@@ -78,4 +79,40 @@ func TestStoredWritesPerRequest(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestHeldAttemptEventsWithoutAnOkReply: the events an ok reply would carry
+// (the answer, skips) are written when no ok reply of the delivery is
+// stored, so every attempt stays on record.
+func TestHeldAttemptEventsWithoutAnOkReply(t *testing.T) {
+	t.Run("an answer that cannot be stored", func(t *testing.T) {
+		b := newBroker(t, broker.Topology{})
+		big, _ := bigAnswer(t, 1_100_000)
+		s := keepCalling()
+		runPool(t, b, NewChain([]*Link{{Provider: big, Timeout: 5 * time.Second, Breaker: newTestBreaker(big.Name(), s)}}, s.retry), s)
+		publish(t, b, "c-1", request("huge"), "")
+		if r := waitReplies(t, b, 1)["huge"]; r.Status != chat.StatusFailed {
+			t.Fatalf("reply %+v, want failed", r.Reply)
+		}
+		poll.Until(t, 5*time.Second, "the answering attempt's event", func() bool {
+			evs := events(t, b, chat.EventAttempt)
+			return len(evs) == 1 && evs[0].Outcome == chat.OutcomeOK && evs[0].RequestID == "huge"
+		})
+	})
+	t.Run("a skip before a ladder that failed", func(t *testing.T) {
+		b := newBroker(t, broker.Topology{})
+		f := newFleet(t, "deepseek", "llama")
+		f.sim("llama").SetMode(sim.ModeError)
+		r := startPool(t, b, f, keepCalling())
+		r.chain.Links()[0].Breaker.ForceOpen(time.Now().Add(time.Hour))
+		publish(t, b, "c-1", request("waits"), "")
+		poll.Until(t, 5*time.Second, "the skip's and the failed call's events", func() bool {
+			var skip, failed bool
+			for _, ev := range events(t, b, chat.EventAttempt) {
+				skip = skip || ev.Provider == "deepseek" && ev.Outcome == chat.OutcomeBreakerOpen && ev.Delivery == 1
+				failed = failed || ev.Provider == "llama" && ev.Outcome == chat.OutcomeError && ev.Delivery == 1
+			}
+			return skip && failed
+		})
+	})
 }
