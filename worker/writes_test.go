@@ -116,3 +116,50 @@ func TestHeldAttemptEventsWithoutAnOkReply(t *testing.T) {
 		})
 	})
 }
+
+// cutAfterReply is a worker's link that dies the moment its reply is
+// stored: the reply landed, nothing after it (the ack, a claim write)
+// reaches the server — what a worker killed between its reply and its ack
+// leaves behind.
+type cutAfterReply struct {
+	Broker
+	proxy  interface{ Cut() }
+	refuse func(bool)
+}
+
+func (c *cutAfterReply) PublishReply(ctx context.Context, conv, msgID string, r *chat.Reply) (bool, error) {
+	dup, err := c.Broker.PublishReply(ctx, conv, msgID, r)
+	if err == nil {
+		c.refuse(true)
+		c.proxy.Cut()
+	}
+	return dup, err
+}
+
+// TestWorkerLostAfterItsReplyCallsNoProvider: an answer lets its claim
+// lapse (no "answered" write), so the redelivery of a request whose worker
+// was lost between its reply and its ack finds the claim still held and
+// the reply stored: acked without a second call or a second reply.
+func TestWorkerLostAfterItsReplyCallsNoProvider(t *testing.T) {
+	const ackWait = time.Second
+	topo := broker.Topology{AckWait: ackWait}
+	srv := listeningBroker(t, topo)
+	proxy := proxyTo(t, srv)
+	viaProxy := joinBroker(t, proxy.URL(), topo, nil)
+	heard := listen(t, srv)
+	f := newFleet(t, "deepseek")
+	s := defaultSetup()
+	s.cfg.AckWait = ackWait
+	s.id = "lost"
+	startPool(t, &cutAfterReply{Broker: viaProxy, proxy: proxy, refuse: proxy.Refuse}, f, s)
+	publish(t, srv, "c-1", request("once"), "")
+	poll.Until(t, 10*time.Second, "the reply stored", func() bool { return len(replies(t, srv)) == 1 })
+	s.id = "survivor"
+	startPool(t, srv, f, s)
+	settled(t, srv, 20*time.Second)
+	if h := f.sim("deepseek").Hits(); h != 1 {
+		t.Errorf("provider called %d times, want 1", h)
+	}
+	r := waitReplies(t, srv, 1)["once"]
+	sameAnswer(t, heard, r)
+}
