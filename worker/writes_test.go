@@ -2,7 +2,9 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -162,4 +164,45 @@ func TestWorkerLostAfterItsReplyCallsNoProvider(t *testing.T) {
 	}
 	r := waitReplies(t, srv, 1)["once"]
 	sameAnswer(t, heard, r)
+}
+
+// blindReplies cannot look for replies while blind is set.
+type blindReplies struct {
+	Broker
+	blind atomic.Bool
+	looks atomic.Int32
+}
+
+func (b *blindReplies) FindReply(ctx context.Context, conv, id string, since time.Time) (bool, error) {
+	b.looks.Add(1)
+	if b.blind.Load() {
+		return false, errors.New("replies stream unreachable")
+	}
+	return b.Broker.FindReply(ctx, conv, id, since)
+}
+
+// TestHeldIDWhoseReplyCannotBeReadWaits: a message whose id is held (its
+// answer's claim lapsed) and whose reply cannot be looked for is put back,
+// never sent to a provider; once the reply can be read it is acked.
+func TestHeldIDWhoseReplyCannotBeReadWaits(t *testing.T) {
+	b := newBroker(t, broker.Topology{})
+	f := newFleet(t, "deepseek")
+	blind := &blindReplies{Broker: b}
+	startPool(t, blind, f, defaultSetup())
+	publish(t, b, "c-1", request("dup"), "")
+	waitReplies(t, b, 1)
+	blind.blind.Store(true)
+	publish(t, b, "c-1", request("dup"), "") // the same id, another message
+	poll.Until(t, 5*time.Second, "two looks for the reply, both failed", func() bool { return blind.looks.Load() >= 2 })
+	if _, ack, err := b.Backlog(context.Background()); err != nil || ack != 1 {
+		t.Errorf("ack pending %d (%v), want the second message held back", ack, err)
+	}
+	blind.blind.Store(false)
+	settled(t, b, 10*time.Second)
+	if h := f.sim("deepseek").Hits(); h != 1 {
+		t.Errorf("provider called %d times, want 1", h)
+	}
+	if n := len(replies(t, b)); n != 1 {
+		t.Errorf("%d replies stored, want 1", n)
+	}
 }
