@@ -17,9 +17,8 @@ func TestBuildCostAndSpared(t *testing.T) {
 	tr := trail{t: t, js: b.JetStream(), subj: subjs[0]}
 	since := time.Now().Add(-time.Second)
 	okWith := func(conv, id, provider string, prompt, completion int64) {
-		r := chat.Reply{ID: id, ConversationID: conv, Status: chat.StatusOK, Provider: provider,
-			Usage: &chat.Usage{PromptTokens: prompt, CompletionTokens: completion}}
-		tr.publish(subjs[0].Reply(conv), mustJSON(t, r), msgID(id))
+		tr.reply(chat.Reply{ID: id, ConversationID: conv, Status: chat.StatusOK, Provider: provider,
+			Usage: &chat.Usage{PromptTokens: prompt, CompletionTokens: completion}}, id)
 	}
 	tr.request("c-1", "r-1")
 	okWith("c-1", "r-1", "deepseek", 1_000_000, 500_000)

@@ -24,7 +24,7 @@ func TestBuildFirstChunk(t *testing.T) {
 		if r.Deliveries == 0 {
 			r.Deliveries = 1
 		}
-		tr.publish(subjs[0].Reply("c-1"), mustJSON(t, r), msgID(id))
+		tr.reply(r, id)
 	}
 	streamed := func(provider string, chunks int) chat.Attempt {
 		return chat.Attempt{Provider: provider, Outcome: chat.OutcomeOK, Delivery: 1, Chunks: chunks, FirstChunkMS: 5}

@@ -24,7 +24,7 @@ func TestFoldedAttemptsCountOnce(t *testing.T) {
 	reply := func(conv, id string, deliveries uint64, attempts ...chat.Attempt) {
 		r := chat.Reply{ID: id, ConversationID: conv, Status: chat.StatusOK, Content: "hi", Provider: "llama",
 			Degraded: true, Deliveries: deliveries, Attempts: attempts}
-		tr.publish(tr.subj.Reply(conv), mustJSON(t, r), msgID(id))
+		tr.reply(r, id)
 	}
 	// Today's workers: a skip and the answer in the reply alone.
 	tr.request("c-1", "skipped")

@@ -101,16 +101,21 @@ func (tr trail) raw(conv string, data []byte, hdr nats.Header) uint64 {
 	return tr.publish(tr.subj.Request(conv), data, hdr).Sequence
 }
 
+// reply stores r on its conversation's reply subject as a worker does, with
+// Nats-Msg-Id msgid.
+func (tr trail) reply(r chat.Reply, msgid string) {
+	tr.t.Helper()
+	tr.publish(tr.subj.Reply(r.ConversationID), mustJSON(tr.t, r), msgID(msgid))
+}
+
 func (tr trail) ok(conv, id, provider string, degraded bool) {
 	tr.t.Helper()
-	r := chat.Reply{ID: id, ConversationID: conv, Status: chat.StatusOK, Content: "hi", Provider: provider, Degraded: degraded, Deliveries: 1}
-	tr.publish(tr.subj.Reply(conv), mustJSON(tr.t, r), msgID(id))
+	tr.reply(chat.Reply{ID: id, ConversationID: conv, Status: chat.StatusOK, Content: "hi", Provider: provider, Degraded: degraded, Deliveries: 1}, id)
 }
 
 func (tr trail) failed(conv, id, msgid, code string) {
 	tr.t.Helper()
-	r := chat.Reply{ID: id, ConversationID: conv, Status: chat.StatusFailed, Error: &chat.ErrorBody{Code: code, Message: code}}
-	tr.publish(tr.subj.Reply(conv), mustJSON(tr.t, r), msgID(msgid))
+	tr.reply(chat.Reply{ID: id, ConversationID: conv, Status: chat.StatusFailed, Error: &chat.ErrorBody{Code: code, Message: code}}, msgid)
 }
 
 func (tr trail) dead(conv string, data []byte, id, code string, seq uint64) {
