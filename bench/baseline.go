@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/understudy-ai/understudy/broker"
 	"github.com/understudy-ai/understudy/chat"
 )
 
@@ -30,92 +31,120 @@ func (r *runner) baseline(ctx context.Context) (Result, error) {
 	}
 	defer b.Close()
 	subj := b.Subjects()
-	cons, err := b.JetStream().Consumer(ctx, subj.Stream(chat.KindRequests), chat.ConsumerWorkers)
+	js := b.JetStream()
+	stop, err := serveLoop(ctx, b, o.Concurrency, func(ctx context.Context, m jetstream.Msg) {
+		rawAnswer(ctx, js, subj, m)
+	})
 	if err != nil {
 		return res, err
 	}
-	work := make(chan jetstream.Msg, o.Concurrency)
-	cc, err := cons.Consume(func(m jetstream.Msg) { work <- m }, jetstream.PullMaxMessages(o.Concurrency))
-	if err != nil {
-		return res, err
-	}
-	var wg sync.WaitGroup
-	rctx, stop := context.WithCancel(ctx)
-	for range o.Concurrency {
-		wg.Go(func() { rawResponder(rctx, b.JetStream(), subj, work) })
-	}
-	defer func() { cc.Stop(); stop(); wg.Wait() }()
+	defer stop()
 
-	warm, load, paced := min(200, o.Requests/20), o.Requests, o.Requests/2
-	t := newTraffic(prefix, prefix, o.Payload, 2*o.Concurrency, warm, load, paced)
+	t := newTraffic(prefix, prefix, o.Payload, 2*o.Concurrency, min(200, o.Requests/20), o.Requests, o.Requests/2)
 	sub, err := t.listen(r.nc)
 	if err != nil {
 		return res, err
 	}
 	defer func() { _ = sub.Unsubscribe() }()
+	return res, r.measureLoop(ctx, &res, "raw JetStream loop", prefix, t, 0)
+}
+
+// measureLoop measures a request→reply loop the bench process serves
+// itself (the raw baseline, a floor) on prefix's streams, with t's phases:
+// the throughput of a closed loop, then the latencies at rate (0: half
+// that throughput). CPU and memory are the bench's and the server's.
+func (r *runner) measureLoop(ctx context.Context, res *Result, label, prefix string, t *traffic, rate float64) error {
 	r.resetPeaks()
-	label := "raw JetStream loop"
 	r.prog.phase(label, "warming up")
 	if _, err := t.closedLoop(ctx, r.js, phaseWarm, r.prog.watch); err != nil {
-		return res, err
+		return err
 	}
 	before, err := r.stored(ctx, prefix)
 	if err != nil {
-		return res, err
+		return err
 	}
 	r.prog.phase(label, "throughput")
 	start := r.usage(nil)
 	took, err := t.closedLoop(ctx, r.js, phaseLoad, r.prog.watch)
 	if err != nil {
-		return res, err
+		return err
 	}
 	end := r.usage(nil)
+	load, paced := t.size(phaseLoad), t.size(phasePaced)
 	res.Measured, res.Seconds = load, took.Seconds()
 	res.RPS = float64(load) / res.Seconds
 	res.CPU = cpuPer1k(start, end, load, false)
 	res.PeakRSSMB = peaks(end, false)
 	res.LatencyRate = res.RPS / 2
+	if rate > 0 {
+		res.LatencyRate = rate
+	}
 	r.prog.phase(label, fmt.Sprintf("latency at %.0f req/s", res.LatencyRate))
 	if err := t.paced(ctx, r.js, phasePaced, res.LatencyRate, r.prog.watch); err != nil {
-		return res, err
+		return err
 	}
 	e2e, ovh := t.latencies(phasePaced)
 	res.EndToEndMS, res.OverheadMS = quantiles(e2e), quantiles(ovh)
+	t.streamFigures(res, 0)
 	after, err := r.stored(ctx, prefix)
 	if err != nil {
-		return res, err
+		return err
 	}
 	res.StoredPerRequest, res.StoredByStream = storedPerRequest(before, after, load+paced)
 	res.Answered, res.Sent = t.answeredAll()
 	res.Failed = int(t.failed.Load())
-	return res, nil
+	return nil
 }
 
-// rawResponder answers requests from work until ctx ends.
-func rawResponder(ctx context.Context, js jetstream.JetStream, subj chat.Subjects, work <-chan jetstream.Msg) {
-	for {
-		var m jetstream.Msg
-		select {
-		case m = <-work:
-		case <-ctx.Done():
-			return
-		}
-		id := m.Headers().Get(chat.HeaderMsgID)
-		conv := m.Subject()[strings.LastIndexByte(m.Subject(), '.')+1:]
-		reply := &nats.Msg{Subject: subj.Reply(conv), Header: nats.Header{}, Data: rawReply(id, conv, len(m.Data()))}
-		reply.Header.Set(chat.HeaderMsgID, id)
-		if _, err := js.PublishMsg(ctx, reply); err != nil {
-			_ = m.Nak()
-			continue
-		}
-		_ = m.Ack()
+// serveLoop has concurrency goroutines of the bench process handle the
+// requests of b's workers consumer until stop is called.
+func serveLoop(ctx context.Context, b *broker.Broker, concurrency int, handle func(context.Context, jetstream.Msg)) (stop func(), err error) {
+	cons, err := b.JetStream().Consumer(ctx, b.Subjects().Stream(chat.KindRequests), chat.ConsumerWorkers)
+	if err != nil {
+		return nil, err
 	}
+	work := make(chan jetstream.Msg, concurrency)
+	cc, err := cons.Consume(func(m jetstream.Msg) { work <- m }, jetstream.PullMaxMessages(concurrency))
+	if err != nil {
+		return nil, err
+	}
+	var wg sync.WaitGroup
+	lctx, cancel := context.WithCancel(ctx)
+	for range concurrency {
+		wg.Go(func() {
+			for {
+				select {
+				case m := <-work:
+					handle(lctx, m)
+				case <-lctx.Done():
+					return
+				}
+			}
+		})
+	}
+	return func() { cc.Stop(); cancel(); wg.Wait() }, nil
 }
+
+// rawAnswer publishes m's reply, waits for its PubAck, then acks m.
+func rawAnswer(ctx context.Context, js jetstream.JetStream, subj chat.Subjects, m jetstream.Msg) {
+	id := m.Headers().Get(chat.HeaderMsgID)
+	conv := conversationOf(m.Subject())
+	reply := &nats.Msg{Subject: subj.Reply(conv), Header: nats.Header{}, Data: rawReply(id, conv, "ok", len(m.Data()))}
+	reply.Header.Set(chat.HeaderMsgID, id)
+	if _, err := js.PublishMsg(ctx, reply); err != nil {
+		_ = m.Nak()
+		return
+	}
+	_ = m.Ack()
+}
+
+// conversationOf is the last token of a request's subject.
+func conversationOf(subject string) string { return subject[strings.LastIndexByte(subject, '.')+1:] }
 
 // rawReply is a reply of the size and shape a worker publishes, built
 // without decoding the request.
-func rawReply(id, conv string, size int) []byte {
-	return []byte(`{"id":"` + id + `","conversation_id":"` + conv + `","status":"ok","content":"[sim-1] you said ` +
+func rawReply(id, conv, status string, size int) []byte {
+	return []byte(`{"id":"` + id + `","conversation_id":"` + conv + `","status":"` + status + `","content":"[sim-1] you said ` +
 		strconv.Itoa(size/6) + ` words","provider":"raw","model":"sim-1","degraded":false,` +
 		`"attempts":[{"provider":"raw","outcome":"ok","status_code":200,"latency_ms":0}],` +
 		`"usage":{"prompt_tokens":` + strconv.Itoa(size/6) + `,"completion_tokens":4},"deliveries":1,"queued_ms":0,"latency_ms":0}`)

@@ -335,6 +335,28 @@ func (t *traffic) wait(ctx context.Context, p int, w watch) error {
 	}
 }
 
+// size is how many requests phase p has.
+func (t *traffic) size(p int) int { return t.bounds[p+1] - t.bounds[p] }
+
+// streamFigures fills res.Stream (when set) from the throughput phase's
+// chunks, over res.Seconds and the workers' CPU seconds (0: not measured),
+// and the latency phase's first chunks.
+func (t *traffic) streamFigures(res *Result, workerSecs float64) {
+	st := res.Stream
+	if st == nil {
+		return
+	}
+	// Counted now, the throughput phase's stragglers heard too.
+	st.Chunks, st.Streamed = int(t.chunks[phaseLoad].Load()), t.streamedIn(phaseLoad)
+	st.ChunksPerRequest = float64(st.Chunks) / float64(res.Measured)
+	st.ChunksPerSecond = float64(st.Chunks) / res.Seconds
+	if workerSecs > 0 {
+		st.ChunksPerCoreSecond = ptr(float64(st.Chunks) / workerSecs)
+	}
+	ttfc, prov, ovh := t.firstChunks(phasePaced)
+	st.FirstChunkMS, st.ProviderFirstChunkMS, st.FirstChunkOverheadMS = quantiles(ttfc), quantiles(prov), quantiles(ovh)
+}
+
 // firstDone and lastDone are the earliest and latest reply of phase p
 // (unix ns).
 func (t *traffic) firstDone(p int) int64 {

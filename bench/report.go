@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -17,8 +18,11 @@ type Report struct {
 	// counts.
 	CPUIncludes map[string]string `json:"cpu_includes"`
 	// Baseline is the raw JetStream request→reply loop on the same server.
-	Baseline Result   `json:"baseline"`
-	Results  []Result `json:"results"`
+	Baseline Result `json:"baseline"`
+	// Floors are the guarantees' own I/O without Understudy's code, beside
+	// zero and stream with the fewest workers (floor-zero, floor-stream).
+	Floors  []Result `json:"floors,omitempty"`
+	Results []Result `json:"results"`
 }
 
 // Machine describes where the run happened.
@@ -64,6 +68,9 @@ type Result struct {
 	RPS      float64 `json:"requests_per_second"`
 	// RatioToBaseline is RPS over the baseline's.
 	RatioToBaseline float64 `json:"ratio_to_baseline"`
+	// RatioToFloor is RPS over its floor's: what Understudy's own code
+	// leaves of what the guarantees' I/O allows (zero and stream).
+	RatioToFloor float64 `json:"ratio_to_floor,omitempty"`
 	// RatioToFewestWorkers is RPS over the same scenario's with the fewest
 	// workers of the run (scaling runs only).
 	RatioToFewestWorkers float64 `json:"ratio_to_fewest_workers,omitempty"`
@@ -199,16 +206,22 @@ func (r *Report) Text(w io.Writer) {
 			num(x.PeakRSSMB.Worker, "%.0f"), num(x.PeakRSSMB.NATS, "%.0f"), kb, x.StoredPerRequest)
 	}
 	row(r.Baseline)
+	for _, x := range r.Floors {
+		row(x)
+	}
 	for _, x := range r.Results {
 		row(x)
 	}
 	_ = tw.Flush()
 	fmt.Fprintln(w)
-	for _, x := range r.Results {
+	for _, x := range append(slices.Clone(r.Floors), r.Results...) {
 		var notes []string
 		if x.Ordering == orderingConversation && x.RatioToUnordered > 0 {
 			notes = append(notes, fmt.Sprintf("ordering conversation keeps %.2f of ordering none's req/s across %d conversations (%d requests a conversation, in a row)",
 				x.RatioToUnordered, x.Conversations, x.Measured/max(x.Conversations, 1)))
+		}
+		if x.RatioToFloor > 0 {
+			notes = append(notes, fmt.Sprintf("%.2f of %s's req/s", x.RatioToFloor, floorOf(x.Scenario)))
 		}
 		if x.IdealRPS > 0 {
 			notes = append(notes, fmt.Sprintf("%.0f%% of the ideal %.0f req/s", 100*x.RPS/x.IdealRPS, x.IdealRPS))
@@ -238,7 +251,11 @@ func (r *Report) Text(w io.Writer) {
 			notes = append(notes, fmt.Sprintf("%d of %d answered, %d failed", x.Answered, x.Sent, x.Failed))
 		}
 		if len(notes) > 0 {
-			fmt.Fprintf(w, "%s ×%d: %s\n", x.label(), x.Workers, strings.Join(notes, "; "))
+			name := x.label()
+			if x.Workers > 0 {
+				name += fmt.Sprintf(" ×%d", x.Workers)
+			}
+			fmt.Fprintf(w, "%s: %s\n", name, strings.Join(notes, "; "))
 		}
 	}
 	if s.Rate > 0 {
@@ -257,6 +274,9 @@ func (r *Report) Text(w io.Writer) {
 			fmt.Fprintln(w, "stream: first chunk = publish to the first chunk with text heard on the stream subject; its overhead = that minus the provider's own time to its first chunk")
 			break
 		}
+	}
+	if len(r.Floors) > 0 {
+		fmt.Fprintln(w, "floor-*: the guarantees' own I/O run by the bench itself, no Understudy code: pull, claim write, the same simulated provider over HTTP (floor-stream: each event published as a chunk), reply write, ack; latencies at its scenario's rate")
 	}
 	for _, k := range []string{"worker", "nats_server", "bench", "all"} {
 		fmt.Fprintf(w, "CPU %s: %s\n", k, r.CPUIncludes[k])

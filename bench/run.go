@@ -114,6 +114,13 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			if sc == ScenarioZero {
 				r.zeroRate[w] = res.LatencyRate
 			}
+			if floorOf(sc) != "" && w == o.Workers[0] {
+				f, err := r.floor(ctx, sc, res.LatencyRate)
+				if err != nil {
+					return nil, fmt.Errorf("%s: %w", floorOf(sc), err)
+				}
+				rep.Floors = append(rep.Floors, f)
+			}
 		}
 	}
 	rep.ratios()
@@ -124,7 +131,7 @@ func cpuIncludes(o Options, natsMeasured bool) map[string]string {
 	m := map[string]string{
 		"worker":      "the `understudy serve` worker processes, together (the baseline has none)",
 		"nats_server": "the JetStream server process",
-		"bench":       "the bench process: load generator, reply listener, simulated providers (baseline: also its raw request→reply loop)",
+		"bench":       "the bench process: load generator, reply listener, simulated providers (baseline and floors: also their own request→reply loop)",
 		"all":         "worker + nats_server + bench",
 	}
 	if o.ProviderURL != "" {
@@ -151,6 +158,11 @@ func (rep *Report) ratios() {
 		if rep.Baseline.RPS > 0 {
 			x.RatioToBaseline = x.RPS / rep.Baseline.RPS
 		}
+		for _, f := range rep.Floors {
+			if f.Scenario == floorOf(x.Scenario) && f.RPS > 0 {
+				x.RatioToFloor = x.RPS / f.RPS
+			}
+		}
 		if f := fewest[x.label()]; f.Workers < x.Workers && f.RPS > 0 {
 			x.RatioToFewestWorkers = x.RPS / f.RPS
 		}
@@ -167,6 +179,11 @@ func (rep *Report) ratios() {
 		}
 	}
 	rep.Baseline.RatioToBaseline = 1
+	for i := range rep.Floors {
+		if rep.Baseline.RPS > 0 {
+			rep.Floors[i].RatioToBaseline = rep.Floors[i].RPS / rep.Baseline.RPS
+		}
+	}
 }
 
 // usage is every measured process's usage at one moment.
@@ -492,17 +509,7 @@ func (r *runner) scenario(ctx context.Context, sc string, w int) (Result, error)
 		}
 		e2e, ovh := t.latencies(phasePaced)
 		res.EndToEndMS, res.OverheadMS = quantiles(e2e), quantiles(ovh)
-		if st := res.Stream; st != nil {
-			// Counted now, the throughput phase's stragglers heard too.
-			st.Chunks, st.Streamed = int(t.chunks[phaseLoad].Load()), t.streamedIn(phaseLoad)
-			st.ChunksPerRequest = float64(st.Chunks) / float64(load)
-			st.ChunksPerSecond = float64(st.Chunks) / res.Seconds
-			if workerSecs > 0 {
-				st.ChunksPerCoreSecond = ptr(float64(st.Chunks) / workerSecs)
-			}
-			ttfc, prov, ovh := t.firstChunks(phasePaced)
-			st.FirstChunkMS, st.ProviderFirstChunkMS, st.FirstChunkOverheadMS = quantiles(ttfc), quantiles(prov), quantiles(ovh)
-		}
+		t.streamFigures(&res, workerSecs)
 	}
 	res.RPS = float64(res.Measured) / res.Seconds
 	for _, wp := range workers {

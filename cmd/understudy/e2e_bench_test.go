@@ -16,7 +16,7 @@ import (
 // throughput: the machine decides those.
 func TestBenchReportsEveryRequestAnswered(t *testing.T) {
 	e2eNeedBinary(t)
-	for _, sc := range []string{bench.ScenarioZero, bench.ScenarioBacklog, bench.ScenarioStream} {
+	for _, sc := range []string{bench.ScenarioZero, bench.ScenarioFallback, bench.ScenarioBacklog, bench.ScenarioStream} {
 		t.Run(sc, func(t *testing.T) {
 			stdout, stderr, code, _ := e2eRun(t, 2*time.Minute, e2eEnv(), "bench", "--scenario", sc, "--requests", "300", "--json")
 			if code != 0 {
@@ -68,7 +68,8 @@ func TestBenchReportsEveryRequestAnswered(t *testing.T) {
 			if sc == bench.ScenarioBacklog && len(x.RSSDrainMB) == 0 {
 				t.Errorf("backlog: no RSS samples during the drain")
 			}
-			checkBenchStream(t, sc, x)
+			checkBenchStream(t, sc, x, true)
+			checkBenchFloor(t, sc, rep)
 			for _, k := range []string{"worker", "nats_server", "bench", "all"} {
 				if rep.CPUIncludes[k] == "" {
 					t.Errorf("cpu_includes[%q] is empty", k)
@@ -81,7 +82,7 @@ func TestBenchReportsEveryRequestAnswered(t *testing.T) {
 // checkBenchStream checks a result's streaming figures: present for the
 // stream scenario only, each streamed answer's chunks heard (its words and
 // the done; a reset would add one) and a first chunk timed. No throughput is asserted.
-func checkBenchStream(t *testing.T, sc string, x bench.Result) {
+func checkBenchStream(t *testing.T, sc string, x bench.Result, workers bool) {
 	t.Helper()
 	st := x.Stream
 	if sc != bench.ScenarioStream {
@@ -102,7 +103,7 @@ func checkBenchStream(t *testing.T, sc string, x bench.Result) {
 	if st.ChunksPerSecond <= 0 {
 		t.Errorf("stream: %v chunks/s, want positive", st.ChunksPerSecond)
 	}
-	if runtime.GOOS == "linux" && (st.ChunksPerCoreSecond == nil || *st.ChunksPerCoreSecond <= 0) {
+	if workers && runtime.GOOS == "linux" && (st.ChunksPerCoreSecond == nil || *st.ChunksPerCoreSecond <= 0) {
 		t.Errorf("stream: chunks/s per core %v, want it measured", st.ChunksPerCoreSecond)
 	}
 	if st.FirstChunkMS.P50 <= 0 || st.FirstChunkMS.P99 < st.FirstChunkMS.P50 {
@@ -114,4 +115,46 @@ func checkBenchStream(t *testing.T, sc string, x bench.Result) {
 	if st.FirstChunkOverheadMS.P50 > st.FirstChunkMS.P50 {
 		t.Errorf("stream: first-chunk overhead p50 %v above the first chunk's own p50 %v", st.FirstChunkOverheadMS.P50, st.FirstChunkMS.P50)
 	}
+}
+
+// checkBenchFloor checks the floor measured beside zero, fallback and
+// stream: every request answered ok through the claim, the provider and
+// the reply (and fallback's failed call's event), its latencies at the
+// scenario's rate, and the scenario's ratio to it. No throughput is asserted.
+func checkBenchFloor(t *testing.T, sc string, rep bench.Report) {
+	t.Helper()
+	stored := map[string]float64{bench.ScenarioZero: 3, bench.ScenarioFallback: 4, bench.ScenarioStream: 3 + 20}
+	want, ok := stored[sc]
+	if !ok {
+		if len(rep.Floors) != 0 {
+			t.Errorf("%s: floors %+v, want none", sc, rep.Floors)
+		}
+		return
+	}
+	if len(rep.Floors) != 1 || rep.Floors[0].Scenario != "floor-"+sc {
+		t.Fatalf("%s: floors %+v, want one floor-%s", sc, rep.Floors, sc)
+	}
+	f, x := rep.Floors[0], rep.Results[0]
+	if f.Measured != 300 || f.Answered != f.Sent || f.Failed != 0 {
+		t.Errorf("%s: measured %d, sent %d, answered %d, failed %d: want 300 measured and every request answered ok",
+			f.Scenario, f.Measured, f.Sent, f.Answered, f.Failed)
+	}
+	if f.StoredPerRequest < want {
+		t.Errorf("%s: %v stored messages per request (%v), want at least %v: request, claim, reply, and each failed call's event or chunk",
+			f.Scenario, f.StoredPerRequest, f.StoredByStream, want)
+	}
+	if f.StoredByStream["claims"] != 1 {
+		t.Errorf("%s: %v claim writes per request, want 1", f.Scenario, f.StoredByStream["claims"])
+	}
+	if f.LatencyRate != x.LatencyRate {
+		t.Errorf("%s: latencies at %v req/s, the scenario's at %v: want the same rate", f.Scenario, f.LatencyRate, x.LatencyRate)
+	}
+	if f.RPS <= 0 || f.RatioToBaseline <= 0 || x.RatioToFloor <= 0 || f.OverheadMS.P99 < f.OverheadMS.P50 {
+		t.Errorf("%s: req/s %v, ratio to raw %v, the scenario's ratio to it %v, overhead %+v",
+			f.Scenario, f.RPS, f.RatioToBaseline, x.RatioToFloor, f.OverheadMS)
+	}
+	if runtime.GOOS == "linux" && (f.CPU.Worker != nil || f.CPU.Bench == nil || f.CPU.NATS == nil) {
+		t.Errorf("%s: CPU %+v: want the bench's and the server's, no worker's", f.Scenario, f.CPU)
+	}
+	checkBenchStream(t, sc, f, false)
 }
