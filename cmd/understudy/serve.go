@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 
 	"github.com/understudy-ai/understudy/service"
 )
@@ -20,9 +19,6 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) int {
 		return exitUsage
 	}
 	log := newLogger(stderr, cfg.Log.Level)
-	if applyServeGOGC(os.LookupEnv) {
-		log.Debug().Int("gogc", serveGOGC).Msg("GOGC not set: the collector's target is serve's default")
-	}
 	svc, err := service.Start(ctx, cfg, *name, log)
 	if err != nil {
 		if ctx.Err() != nil {
