@@ -40,7 +40,7 @@ func (r *runner) baseline(ctx context.Context) (Result, error) {
 	}
 	defer stop()
 
-	t := newTraffic(prefix, prefix, o.Payload, 2*o.Concurrency, min(200, o.Requests/20), o.Requests, o.Requests/2)
+	t := newSteadyTraffic(prefix, o.Payload, 2*o.Concurrency, o.Requests)
 	sub, err := t.listen(r.nc)
 	if err != nil {
 		return res, err
@@ -55,25 +55,19 @@ func (r *runner) baseline(ctx context.Context) (Result, error) {
 // that throughput). CPU and memory are the bench's and the server's.
 func (r *runner) measureLoop(ctx context.Context, res *Result, label, prefix string, t *traffic, rate float64) error {
 	r.resetPeaks()
-	r.prog.phase(label, "warming up")
-	if _, err := t.closedLoop(ctx, r.js, phaseWarm, r.prog.watch); err != nil {
-		return err
-	}
 	before, err := r.stored(ctx, prefix)
 	if err != nil {
 		return err
 	}
 	r.prog.phase(label, "throughput")
-	start := r.usage(nil)
-	took, err := t.closedLoop(ctx, r.js, phaseLoad, r.prog.watch)
+	var start, end usage
+	st, err := t.steadyLoop(ctx, r.js, r.prog.watch, func() { start = r.usage(nil) }, func() { end = r.usage(nil) })
 	if err != nil {
 		return err
 	}
-	end := r.usage(nil)
-	load, paced := t.size(phaseLoad), t.size(phasePaced)
-	res.Measured, res.Seconds = load, took.Seconds()
-	res.RPS = float64(load) / res.Seconds
-	res.CPU = cpuPer1k(start, end, load, false)
+	res.Measured, res.Seconds = st.completed, st.took.Seconds()
+	res.RPS = float64(st.completed) / res.Seconds
+	res.CPU = cpuPer1k(start, end, st.measured, false)
 	res.PeakRSSMB = peaks(end, false)
 	res.LatencyRate = res.RPS / 2
 	if rate > 0 {
@@ -85,12 +79,12 @@ func (r *runner) measureLoop(ctx context.Context, res *Result, label, prefix str
 	}
 	e2e, ovh := t.latencies(phasePaced)
 	res.EndToEndMS, res.OverheadMS = quantiles(e2e), quantiles(ovh)
-	t.streamFigures(res, 0)
+	t.streamFigures(res)
 	after, err := r.stored(ctx, prefix)
 	if err != nil {
 		return err
 	}
-	res.StoredPerRequest, res.StoredByStream = storedPerRequest(before, after, load+paced)
+	res.StoredPerRequest, res.StoredByStream = storedPerRequest(before, after, len(t.sent))
 	res.Answered, res.Sent = t.answeredAll()
 	res.Failed = int(t.failed.Load())
 	return nil

@@ -60,7 +60,7 @@ func (r *runner) floor(ctx context.Context, sc string, rate float64) (Result, er
 	prefix := fmt.Sprintf("ub%s-%s", r.runID, name)
 	defer r.deleteStreams(prefix)
 	res := Result{Scenario: name}
-	t := newTraffic(prefix, prefix, o.Payload, 2*o.Concurrency, min(200, o.Requests/20), o.Requests, o.Requests/2)
+	t := newSteadyTraffic(prefix, o.Payload, 2*o.Concurrency, o.Requests)
 	cfg := sim.Config{}
 	if sc == ScenarioStream {
 		t.streamed()

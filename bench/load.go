@@ -61,19 +61,29 @@ type traffic struct {
 const (
 	phaseWarm = iota
 	phaseLoad
+	phaseCool
 	phasePaced
 	phases
 )
 
 // newTraffic sizes the phases; window is how many requests the closed loop
 // keeps unanswered.
-func newTraffic(prefix, tag string, payload, window, warm, load, paced int) *traffic {
-	n := warm + load + paced
+func newTraffic(prefix, tag string, payload, window, warm, load, cool, paced int) *traffic {
+	n := warm + load + cool + paced
 	t := &traffic{prefix: prefix, tag: tag, payload: words(payload), slots: make(chan struct{}, max(window, 1)),
 		sent: make([]atomic.Int64, n), done: make([]atomic.Int64, n),
 		provider: make([]atomic.Int64, n), attempts: make([]atomic.Int64, n),
-		bounds: []int{0, warm, warm + load, n}, answered: make([]atomic.Int64, phases)}
+		bounds: []int{0, warm, warm + load, warm + load + cool, n}, answered: make([]atomic.Int64, phases)}
 	return t
+}
+
+// newSteadyTraffic sizes the phases of a steady closed loop (steadyLoop)
+// of load requests kept window unanswered: a warm-up of twice the window
+// at least (a window published at once on idle workers is a burst, not a
+// steady load), a cool-down of one window, and half as many as load for
+// the latencies.
+func newSteadyTraffic(prefix string, payload, window, load int) *traffic {
+	return newTraffic(prefix, prefix, payload, window, max(2*window, min(200, load/20)), load, window, load/2)
 }
 
 // streamed makes every request of t ask for a streamed answer, timed to its
@@ -226,26 +236,99 @@ func (t *traffic) listenChunks(nc *nats.Conn) (*nats.Subscription, error) {
 type watch func(answered, total int)
 
 // closedLoop sends the requests of phase p keeping the window's worth of
-// them unanswered, and waits for every reply. It returns the time from the
-// first publish to the last reply.
-func (t *traffic) closedLoop(ctx context.Context, js jetstream.JetStream, p int, w watch) (time.Duration, error) {
-	start := time.Now()
+// them unanswered, and waits for every reply.
+func (t *traffic) closedLoop(ctx context.Context, js jetstream.JetStream, p int, w watch) error {
 	for n := t.bounds[p]; n < t.bounds[p+1]; n++ {
 		select {
 		case t.slots <- struct{}{}:
 		case <-ctx.Done():
-			return 0, ctx.Err()
+			return ctx.Err()
 		}
 		t.publish(js, n)
 		if n%256 == 0 && w != nil {
-			w(int(t.answered[p].Load()), t.bounds[p+1]-t.bounds[p])
+			w(int(t.answered[p].Load()), t.size(p))
 		}
 	}
-	if err := t.wait(ctx, p, w); err != nil {
-		return 0, err
-	}
-	return time.Duration(t.lastDone(p) - start.UnixNano()), nil
+	return t.wait(ctx, p, w)
 }
+
+// steady is the measured part of a steady closed loop: from the load
+// phase's first publish to its last reply heard.
+type steady struct {
+	took time.Duration
+	// completed is the replies heard in took, whatever their phase (the
+	// warm-up's last, the cool-down's first): at a steady state, the
+	// loop's rate is completed / took.
+	completed int
+	// measured is the replies heard from begin's call to end's: what the
+	// usage read by the two covers.
+	measured int
+}
+
+// steadyLoop sends the warm-up, load and cool-down requests in one closed
+// loop keeping the window's worth unanswered, so that the load phase runs
+// as a steady load would, full at both ends: the warm-up's last requests
+// are still in flight when it starts, the cool-down's first when it ends.
+// begin is called as the load's first request is published, end once its
+// last reply is heard (within steadyPoll). Every reply is waited for.
+func (t *traffic) steadyLoop(ctx context.Context, js jetstream.JetStream, w watch, begin, end func()) (steady, error) {
+	var start, stop time.Time
+	ended := make(chan struct{})
+	for n := t.bounds[phaseWarm]; n < t.bounds[phaseCool+1]; n++ {
+		select {
+		case t.slots <- struct{}{}:
+		case <-ctx.Done():
+			return steady{}, ctx.Err()
+		}
+		if n == t.bounds[phaseLoad] {
+			begin()
+			start = time.Now()
+			go func() {
+				defer close(ended)
+				tick := time.NewTicker(steadyPoll)
+				defer tick.Stop()
+				for int(t.answered[phaseLoad].Load()) < t.size(phaseLoad) {
+					select {
+					case <-tick.C:
+					case <-ctx.Done():
+						return
+					}
+				}
+				end()
+				stop = time.Now()
+			}()
+		}
+		t.publish(js, n)
+		if n%256 == 0 && w != nil {
+			w(int(t.answered[phaseLoad].Load()), t.size(phaseLoad))
+		}
+	}
+	for _, p := range []int{phaseWarm, phaseLoad, phaseCool} {
+		if err := t.wait(ctx, p, w); err != nil {
+			return steady{}, err
+		}
+	}
+	<-ended
+	if stop.IsZero() {
+		return steady{}, ctx.Err()
+	}
+	last := t.lastDone(phaseLoad)
+	st := steady{took: time.Duration(last - start.UnixNano())}
+	for n := t.bounds[phaseWarm]; n < t.bounds[phaseCool+1]; n++ {
+		d := t.done[n].Load()
+		if d > start.UnixNano() && d <= last {
+			st.completed++
+		}
+		if d > start.UnixNano() && d <= stop.UnixNano() {
+			st.measured++
+		}
+	}
+	return st, nil
+}
+
+// steadyPoll is how often steadyLoop looks whether the load phase is
+// answered.
+const steadyPoll = 2 * time.Millisecond
 
 // paced sends the requests of phase p at rate per second, whatever the
 // replies do, and waits for every reply.
@@ -338,20 +421,21 @@ func (t *traffic) wait(ctx context.Context, p int, w watch) error {
 // size is how many requests phase p has.
 func (t *traffic) size(p int) int { return t.bounds[p+1] - t.bounds[p] }
 
-// streamFigures fills res.Stream (when set) from the throughput phase's
-// chunks, over res.Seconds and the workers' CPU seconds (0: not measured),
-// and the latency phase's first chunks.
-func (t *traffic) streamFigures(res *Result, workerSecs float64) {
+// streamFigures fills res.Stream (when set): chunks of the throughput
+// phase's requests, per request, per second at res.RPS and per second of a
+// worker core (from res.CPU.Worker, when measured), and the latency
+// phase's first chunks.
+func (t *traffic) streamFigures(res *Result) {
 	st := res.Stream
 	if st == nil {
 		return
 	}
 	// Counted now, the throughput phase's stragglers heard too.
 	st.Chunks, st.Streamed = int(t.chunks[phaseLoad].Load()), t.streamedIn(phaseLoad)
-	st.ChunksPerRequest = float64(st.Chunks) / float64(res.Measured)
-	st.ChunksPerSecond = float64(st.Chunks) / res.Seconds
-	if workerSecs > 0 {
-		st.ChunksPerCoreSecond = ptr(float64(st.Chunks) / workerSecs)
+	st.ChunksPerRequest = float64(st.Chunks) / float64(t.size(phaseLoad))
+	st.ChunksPerSecond = st.ChunksPerRequest * res.RPS
+	if w := res.CPU.Worker; w != nil && *w > 0 {
+		st.ChunksPerCoreSecond = ptr(st.ChunksPerRequest * 1000 / *w)
 	}
 	ttfc, prov, ovh := t.firstChunks(phasePaced)
 	st.FirstChunkMS, st.ProviderFirstChunkMS, st.FirstChunkOverheadMS = quantiles(ttfc), quantiles(prov), quantiles(ovh)

@@ -55,7 +55,7 @@ func (r *runner) orderedCase(ctx context.Context, w, convs int, ordering string)
 	inRow := (load + convs - 1) / convs
 	res := Result{Scenario: ScenarioOrdered, Workers: w, Ordering: ordering, Conversations: (load + inRow - 1) / inRow}
 	warm := max(20*w, min(200, load/20))
-	t := newTraffic(prefix, prefix, o.Payload, 2*w*o.Concurrency, warm, load, 0)
+	t := newTraffic(prefix, prefix, o.Payload, 2*w*o.Concurrency, warm, load, 0, 0)
 	t.inRow = inRow
 	sub, err := t.listen(r.nc)
 	if err != nil {
@@ -82,7 +82,7 @@ func (r *runner) orderedCase(ctx context.Context, w, convs int, ordering string)
 
 	label := fmt.Sprintf("%s ×%d", res.label(), w)
 	r.prog.phase(label, "warming up")
-	if _, err := t.closedLoop(ctx, r.js, phaseWarm, r.prog.watch); err != nil {
+	if err := t.closedLoop(ctx, r.js, phaseWarm, r.prog.watch); err != nil {
 		return res, fmt.Errorf("warm-up: %w", err)
 	}
 	before, err := r.stored(ctx, prefix)

@@ -352,11 +352,14 @@ func (r *runner) scenario(ctx context.Context, sc string, w int) (Result, error)
 	if sc == ScenarioSlow {
 		concurrency = o.Inflight
 	}
-	warm, load, paced := max(20*w, min(200, o.Requests/20)), o.Requests, o.Requests/2
+	load, window := o.Requests, 2*w*concurrency
+	var t *traffic
 	if sc == ScenarioBacklog {
-		warm, load, paced = 0, o.Backlog, 0
+		load = o.Backlog
+		t = newTraffic(prefix, prefix, o.Payload, window, 0, load, 0, 0)
+	} else {
+		t = newSteadyTraffic(prefix, o.Payload, window, load)
 	}
-	t := newTraffic(prefix, prefix, o.Payload, 2*w*concurrency, warm, load, paced)
 	sub, err := t.listen(r.nc)
 	if err != nil {
 		return res, err
@@ -461,40 +464,38 @@ func (r *runner) scenario(ctx context.Context, sc string, w int) (Result, error)
 		res.EndToEndMS, res.OverheadMS = quantiles(e2e), quantiles(ovh)
 		res.LatencyRate = float64(load) / res.Seconds
 	} else {
-		r.prog.phase(label, "warming up")
-		if _, err := t.closedLoop(ctx, r.js, phaseWarm, r.prog.watch); err != nil {
-			return res, fmt.Errorf("warm-up: %w", err)
-		}
 		if before, err = r.stored(ctx, prefix); err != nil {
 			return res, err
 		}
 		profiled := sc == ScenarioZero && o.CPUProfile != "" && w == o.Workers[0]
-		if profiled {
-			if err := workers[0].toggleProfile(false); err != nil {
-				return res, err
+		var start, end usage
+		var profErr error
+		begin := func() {
+			if profiled {
+				profErr = workers[0].toggleProfile(false)
+			}
+			start = r.usage(workers)
+		}
+		finish := func() {
+			end = r.usage(workers)
+			if profiled && profErr == nil {
+				profErr = workers[0].toggleProfile(true)
 			}
 		}
 		r.prog.phase(label, "throughput")
-		start := r.usage(workers)
-		took, err := t.closedLoop(ctx, r.js, phaseLoad, r.prog.watch)
+		st, err := t.steadyLoop(ctx, r.js, r.prog.watch, begin, finish)
+		if err == nil {
+			err = profErr
+		}
 		if err != nil {
 			return res, err
 		}
-		end := r.usage(workers)
-		if profiled {
-			if err := workers[0].toggleProfile(true); err != nil {
-				return res, err
-			}
-		}
-		res.Measured, res.Seconds = load, took.Seconds()
-		res.CPU = cpuPer1k(start, end, load, true)
-		workerSecs := 0.0
-		if cpu, ok := workerCPU(start, end); ok {
-			workerSecs = cpu.Seconds()
-		}
+		res.Measured, res.Seconds = st.completed, st.took.Seconds()
+		res.RPS = float64(res.Measured) / res.Seconds
+		res.CPU = cpuPer1k(start, end, st.measured, true)
 		res.PeakRSSMB = peaks(end, true)
 		res.MemPerInflightKB = memPerInflight(ready, end, w*concurrency)
-		res.LatencyRate = float64(load) / res.Seconds / 2
+		res.LatencyRate = float64(res.Measured) / res.Seconds / 2
 		if rate, ok := r.zeroRate[w]; ok && sc == ScenarioOpen {
 			// Zero's rate, so that the two compare, unless it is more than
 			// half of what open sustains here (then queues would decide).
@@ -509,7 +510,7 @@ func (r *runner) scenario(ctx context.Context, sc string, w int) (Result, error)
 		}
 		e2e, ovh := t.latencies(phasePaced)
 		res.EndToEndMS, res.OverheadMS = quantiles(e2e), quantiles(ovh)
-		t.streamFigures(&res, workerSecs)
+		t.streamFigures(&res)
 	}
 	res.RPS = float64(res.Measured) / res.Seconds
 	for _, wp := range workers {
@@ -520,7 +521,7 @@ func (r *runner) scenario(ctx context.Context, sc string, w int) (Result, error)
 	if err != nil {
 		return res, err
 	}
-	res.StoredPerRequest, res.StoredByStream = storedPerRequest(before, after, load+paced)
+	res.StoredPerRequest, res.StoredByStream = storedPerRequest(before, after, len(t.sent))
 	res.Answered, res.Sent = t.answeredAll()
 	res.Failed = int(t.failed.Load())
 	return res, nil

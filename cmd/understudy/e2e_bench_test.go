@@ -41,8 +41,8 @@ func TestBenchReportsEveryRequestAnswered(t *testing.T) {
 				t.Fatalf("results: %+v, want one %s row with 1 worker", rep.Results, sc)
 			}
 			for _, r := range []bench.Result{rep.Baseline, rep.Results[0]} {
-				if r.Measured != 300 || r.Sent < r.Measured || r.Answered != r.Sent || r.Failed != 0 {
-					t.Errorf("%s: measured %d, sent %d, answered %d, failed %d: want 300 measured and every request answered ok",
+				if r.Measured < 300 || r.Sent < r.Measured || r.Answered != r.Sent || r.Failed != 0 {
+					t.Errorf("%s: measured %d, sent %d, answered %d, failed %d: want 300 measured at least and every request answered ok",
 						r.Scenario, r.Measured, r.Sent, r.Answered, r.Failed)
 				}
 				if r.RPS <= 0 || r.RatioToBaseline <= 0 || r.Seconds <= 0 {
@@ -135,8 +135,8 @@ func checkBenchFloor(t *testing.T, sc string, rep bench.Report) {
 		t.Fatalf("%s: floors %+v, want one floor-%s", sc, rep.Floors, sc)
 	}
 	f, x := rep.Floors[0], rep.Results[0]
-	if f.Measured != 300 || f.Answered != f.Sent || f.Failed != 0 {
-		t.Errorf("%s: measured %d, sent %d, answered %d, failed %d: want 300 measured and every request answered ok",
+	if f.Measured < 300 || f.Answered != f.Sent || f.Failed != 0 {
+		t.Errorf("%s: measured %d, sent %d, answered %d, failed %d: want 300 measured at least and every request answered ok",
 			f.Scenario, f.Measured, f.Sent, f.Answered, f.Failed)
 	}
 	if f.StoredPerRequest < want {
