@@ -46,14 +46,15 @@ func (r *runner) baseline(ctx context.Context) (Result, error) {
 		return res, err
 	}
 	defer func() { _ = sub.Unsubscribe() }()
-	return res, r.measureLoop(ctx, &res, "raw JetStream loop", prefix, t, 0)
+	return res, r.measureLoop(ctx, &res, "raw JetStream loop", prefix, t, 0, nil)
 }
 
-// measureLoop measures a request→reply loop the bench process serves
-// itself (the raw baseline, a floor) on prefix's streams, with t's phases:
-// the throughput of a closed loop, then the latencies at rate (0: half
-// that throughput). CPU and memory are the bench's and the server's.
-func (r *runner) measureLoop(ctx context.Context, res *Result, label, prefix string, t *traffic, rate float64) error {
+// measureLoop measures a request→reply loop that is not a worker pool (the
+// raw baseline in the bench process, a floor in procs) on prefix's
+// streams, with t's phases: the throughput of a steady closed loop, then
+// the latencies at rate (0: half that throughput). CPU and memory are the
+// bench's, the server's and procs' (as the workers' figures).
+func (r *runner) measureLoop(ctx context.Context, res *Result, label, prefix string, t *traffic, rate float64, procs []*workerProc) error {
 	r.resetPeaks()
 	before, err := r.stored(ctx, prefix)
 	if err != nil {
@@ -61,14 +62,14 @@ func (r *runner) measureLoop(ctx context.Context, res *Result, label, prefix str
 	}
 	r.prog.phase(label, "throughput")
 	var start, end usage
-	st, err := t.steadyLoop(ctx, r.js, r.prog.watch, func() { start = r.usage(nil) }, func() { end = r.usage(nil) })
+	st, err := t.steadyLoop(ctx, r.js, r.prog.watch, func() { start = r.usage(procs) }, func() { end = r.usage(procs) })
 	if err != nil {
 		return err
 	}
 	res.Measured, res.Seconds = st.completed, st.took.Seconds()
 	res.RPS = float64(st.completed) / res.Seconds
-	res.CPU = cpuPer1k(start, end, st.measured, false)
-	res.PeakRSSMB = peaks(end, false)
+	res.CPU = cpuPer1k(start, end, st.measured, len(procs) > 0)
+	res.PeakRSSMB = peaks(end, len(procs) > 0)
 	res.LatencyRate = res.RPS / 2
 	if rate > 0 {
 		res.LatencyRate = rate

@@ -4,15 +4,18 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 
 	"github.com/understudy-ai/understudy/broker"
 	"github.com/understudy-ai/understudy/chat"
@@ -41,19 +44,20 @@ func floorOf(sc string) string {
 }
 
 // floor measures the least a worker must do on the run's server to keep
-// the README's guarantees, as the bench process's own loop with no
-// Understudy code around it: pull a request (explicit acks), win its claim
-// (the KV write a worker makes before any provider call), post the request
-// as it came to a simulated provider over HTTP (fallback: first to a primary
-// answering 503, whose failed call is published as an attempt event without
-// waiting, as a worker does), publish a reply with the
-// request id as Nats-Msg-Id and wait for its PubAck, ack. Streamed (sc is
-// stream), each event of the provider's answer is published on the
+// the README's guarantees, in a process of its own as a worker runs in
+// (`understudy bench` re-run as RoleFloor, ServeFloor) but with no
+// Understudy code around the I/O: pull a request (explicit acks), win its
+// claim (the KV write a worker makes before any provider call), post the
+// request as it came to the same simulated provider over HTTP (fallback:
+// first to a primary answering 503, whose failed call is published as an
+// attempt event without waiting, as a worker does), publish a reply with
+// the request id as Nats-Msg-Id and wait for its PubAck, ack. Streamed (sc
+// is stream), each event of the provider's answer is published on the
 // conversation's stream subject as it is read, then a last chunk, and
 // their PubAcks are awaited before the reply. No decoding, chain, breaker,
 // metrics or logs: what the worker's scenario costs beyond its floor, in
-// the same run, is Understudy's own code. The latencies are measured at
-// rate, the scenario's, so that the two compare.
+// the same run and the same columns, is Understudy's own code. The
+// latencies are measured at rate, the scenario's, so that the two compare.
 func (r *runner) floor(ctx context.Context, sc string, rate float64) (Result, error) {
 	o := r.o
 	name := floorOf(sc)
@@ -77,34 +81,83 @@ func (r *runner) floor(ctx context.Context, sc string, rate float64) (Result, er
 		return res, err
 	}
 	defer prov.close()
-	var primary string
+	spec := FloorSpec{NATSURL: r.url, Prefix: prefix, Answer: prov.url + "/chat/completions", Concurrency: o.Concurrency}
 	if sc == ScenarioFallback {
 		p, err := startProvider(t, sim.Config{}, sim.ModeError)
 		if err != nil {
 			return res, err
 		}
 		defer p.close()
-		primary = p.url + "/chat/completions"
+		spec.Primary = p.url + "/chat/completions"
 	}
-	b, err := r.connectBroker(ctx, "understudy-bench-"+name, prefix)
+	if spec.Port, err = freePort(); err != nil {
+		return res, err
+	}
+	js, err := json.Marshal(spec)
 	if err != nil {
 		return res, err
 	}
-	defer b.Close()
-	f := &floorLoop{b: b, js: b.JetStream(), subj: b.Subjects(), url: prov.url + "/chat/completions", primary: primary,
-		client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: o.Concurrency}}}
-	defer f.client.CloseIdleConnections()
-	stop, err := serveLoop(ctx, b, o.Concurrency, f.handle)
+	child, err := startProc(name, spec.Port, "", []string{EnvRole + "=" + RoleFloor, EnvFloor + "=" + string(js)}, o.Binary, "bench")
 	if err != nil {
 		return res, err
 	}
-	defer stop()
+	defer child.stop()
+	if err := child.waitReady(ctx, 30*time.Second); err != nil {
+		return res, err
+	}
 	sub, err := t.listen(r.nc)
 	if err != nil {
 		return res, err
 	}
 	defer func() { _ = sub.Unsubscribe() }()
-	return res, r.measureLoop(ctx, &res, name, prefix, t, rate)
+	return res, r.measureLoop(ctx, &res, name, prefix, t, rate, []*workerProc{child})
+}
+
+// FloorSpec is what a floor's process is given (as JSON in EnvFloor).
+type FloorSpec struct {
+	NATSURL     string `json:"nats_url"`
+	Prefix      string `json:"prefix"`
+	Answer      string `json:"answer"`            // the answering provider's chat completions endpoint
+	Primary     string `json:"primary,omitempty"` // a failing provider called first (fallback)
+	Concurrency int    `json:"concurrency"`
+	Port        int    `json:"port"` // /readyz answers 200 here once the loop runs
+}
+
+// ServeFloor runs a floor's loop (EnvRole RoleFloor): spec is EnvFloor's
+// JSON. It serves until ctx ends.
+func ServeFloor(ctx context.Context, spec string) error {
+	var s FloorSpec
+	if err := json.Unmarshal([]byte(spec), &s); err != nil {
+		return fmt.Errorf("%s: %w", EnvFloor, err)
+	}
+	b, err := broker.Connect(ctx, broker.Config{URL: s.NATSURL}, "understudy-bench-floor", zerolog.Nop())
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	topo, err := topology(s.Prefix)
+	if err != nil {
+		return err
+	}
+	if err := b.Setup(ctx, topo); err != nil {
+		return err
+	}
+	f := &floorLoop{b: b, js: b.JetStream(), subj: b.Subjects(), url: s.Answer, primary: s.Primary,
+		client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: s.Concurrency}}}
+	defer f.client.CloseIdleConnections()
+	stop, err := serveLoop(ctx, b, s.Concurrency, f.handle)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", s.Port))
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {})}
+	go func() { _ = srv.Serve(ln) }()
+	<-ctx.Done()
+	return srv.Close()
 }
 
 // floorLoop is one floor's request handling, shared by its goroutines.

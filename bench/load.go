@@ -431,8 +431,8 @@ func (t *traffic) streamFigures(res *Result) {
 		return
 	}
 	// Counted now, the throughput phase's stragglers heard too.
-	st.Chunks, st.Streamed = int(t.chunks[phaseLoad].Load()), t.streamedIn(phaseLoad)
-	st.ChunksPerRequest = float64(st.Chunks) / float64(t.size(phaseLoad))
+	st.Requests, st.Chunks, st.Streamed = t.size(phaseLoad), int(t.chunks[phaseLoad].Load()), t.streamedIn(phaseLoad)
+	st.ChunksPerRequest = float64(st.Chunks) / float64(st.Requests)
 	st.ChunksPerSecond = st.ChunksPerRequest * res.RPS
 	if w := res.CPU.Worker; w != nil && *w > 0 {
 		st.ChunksPerCoreSecond = ptr(st.ChunksPerRequest * 1000 / *w)

@@ -20,6 +20,10 @@ const (
 	EnvRole = "UNDERSTUDY_BENCH_ROLE"
 	// RoleNATS is the role of the server child.
 	RoleNATS = "nats-server"
+	// RoleFloor makes `understudy bench` run a floor's loop (ServeFloor),
+	// on the FloorSpec JSON in EnvFloor.
+	RoleFloor = "floor"
+	EnvFloor  = "UNDERSTUDY_BENCH_FLOOR"
 	// EnvCPUProfile names the file a worker child writes its CPU profile
 	// to: profiling starts at its first SIGUSR1 and stops at the second.
 	EnvCPUProfile = "UNDERSTUDY_BENCH_CPUPROFILE"

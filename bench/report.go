@@ -127,10 +127,11 @@ type StreamResult struct {
 	FirstChunkMS         Quantiles `json:"first_chunk_ms"`
 	ProviderFirstChunkMS Quantiles `json:"provider_first_chunk_ms"`
 	FirstChunkOverheadMS Quantiles `json:"first_chunk_overhead_ms"`
-	// Chunks is the stream messages heard for the throughput phase's
-	// requests (text, done), ChunksPerRequest the same per request,
-	// ChunksPerSecond over the phase's Seconds.
-	Chunks int `json:"chunks"`
+	// Requests is the throughput phase's requests, Chunks the stream
+	// messages heard for them (text, done), ChunksPerRequest the same per
+	// request, ChunksPerSecond at the measured requests/s.
+	Requests int `json:"requests"`
+	Chunks   int `json:"chunks"`
 	// Streamed is how many of the throughput phase's requests had a chunk
 	// with text heard (a worker that cannot read a request's earlier chunks
 	// answers it whole, unstreamed).
@@ -243,8 +244,8 @@ func (r *Report) Text(w io.Writer) {
 				st.FirstChunkMS.P50, st.FirstChunkMS.P99, st.ProviderFirstChunkMS.P50, st.ProviderFirstChunkMS.P99,
 				st.FirstChunkOverheadMS.P50, st.FirstChunkOverheadMS.P99,
 				st.ChunksPerRequest, st.Words, st.ChunkDelayMS, st.ChunksPerSecond, num(st.ChunksPerCoreSecond, "%.0f")))
-			if st.Streamed < x.Measured {
-				notes = append(notes, fmt.Sprintf("only %d of %d requests streamed (the others were answered whole)", st.Streamed, x.Measured))
+			if st.Streamed < st.Requests {
+				notes = append(notes, fmt.Sprintf("only %d of %d requests streamed (the others were answered whole)", st.Streamed, st.Requests))
 			}
 		}
 		if x.Failed > 0 || x.Answered < x.Sent {
@@ -276,7 +277,7 @@ func (r *Report) Text(w io.Writer) {
 		}
 	}
 	if len(r.Floors) > 0 {
-		fmt.Fprintln(w, "floor-*: the guarantees' own I/O run by the bench itself, no Understudy code: pull, claim write, the same simulated provider over HTTP (floor-stream: each event published as a chunk), reply write, ack; latencies at its scenario's rate")
+		fmt.Fprintln(w, "floor-*: the guarantees' own I/O with no Understudy code, in a process of its own in the worker column: pull, claim write, the same simulated provider over HTTP (fallback: a failing one first and its attempt event; stream: each event published as a chunk), reply write, ack; latencies at its scenario's rate")
 	}
 	for _, k := range []string{"worker", "nats_server", "bench", "all"} {
 		fmt.Fprintf(w, "CPU %s: %s\n", k, r.CPUIncludes[k])

@@ -129,9 +129,9 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 
 func cpuIncludes(o Options, natsMeasured bool) map[string]string {
 	m := map[string]string{
-		"worker":      "the `understudy serve` worker processes, together (the baseline has none)",
+		"worker":      "the `understudy serve` worker processes, together (floors: the floor's process; the baseline has none)",
 		"nats_server": "the JetStream server process",
-		"bench":       "the bench process: load generator, reply listener, simulated providers (baseline and floors: also their own request→reply loop)",
+		"bench":       "the bench process: load generator, reply listener, simulated providers (baseline: also its raw request→reply loop)",
 		"all":         "worker + nats_server + bench",
 	}
 	if o.ProviderURL != "" {

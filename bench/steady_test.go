@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"io"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -87,7 +88,7 @@ func TestThroughputIsMeasuredWithThePipelineFull(t *testing.T) {
 	defer func() { _ = sub.Unsubscribe() }()
 
 	var res Result
-	if err := r.measureLoop(ctx, &res, "test", prefix, tr, 0); err != nil {
+	if err := r.measureLoop(ctx, &res, "test", prefix, tr, 0, nil); err != nil {
 		t.Fatalf("measureLoop: %v (a warm-up that drains before the throughput phase waits forever here)", err)
 	}
 	n, _ := tr.index(lastWarm)
@@ -101,5 +102,12 @@ func TestThroughputIsMeasuredWithThePipelineFull(t *testing.T) {
 	// cool-down's that came in it, never more than were sent by its end.
 	if load := tr.size(phaseLoad); res.Measured < load || res.Measured > load+tr.size(phaseWarm)+tr.size(phaseCool) || res.RPS <= 0 {
 		t.Errorf("measured %d replies at %v req/s, want at least the phase's %d", res.Measured, res.RPS, load)
+	}
+}
+
+func TestServeFloorRefusesABadSpec(t *testing.T) {
+	err := ServeFloor(t.Context(), "{")
+	if err == nil || !strings.Contains(err.Error(), EnvFloor) {
+		t.Errorf("ServeFloor({) = %v, want an error naming %s", err, EnvFloor)
 	}
 }

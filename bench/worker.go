@@ -61,7 +61,8 @@ func (c workerConfig) orderingYAML() string {
 	return fmt.Sprintf(", max_deliveries: 0, ordering: %s", c.ordering)
 }
 
-// workerProc is one `understudy serve` process.
+// workerProc is one `understudy serve` process, or a floor's (the
+// measured processes that stand for workers).
 type workerProc struct {
 	name    string
 	cmd     *exec.Cmd
@@ -83,12 +84,20 @@ func startWorker(bin, dir, name string, c workerConfig, profile string) (*worker
 	if err := os.WriteFile(path, []byte(c.yaml()), 0o600); err != nil {
 		return nil, err
 	}
-	w := &workerProc{name: name, port: port, stderr: &tail{max: 16 << 10}, done: make(chan struct{}), profile: profile}
-	w.cmd = exec.Command(bin, "serve", "--config", path, "--name", name)
-	w.cmd.Env = withoutConfigEnv(os.Environ())
+	var env []string
 	if profile != "" {
-		w.cmd.Env = append(w.cmd.Env, EnvCPUProfile+"="+profile)
+		env = append(env, EnvCPUProfile+"="+profile)
 	}
+	return startProc(name, port, profile, env, bin, "serve", "--config", path, "--name", name)
+}
+
+// startProc runs bin with args as one of the bench's measured processes,
+// ready once http://127.0.0.1:port/readyz answers 200; env is added to the
+// bench's own (without its configuration and role).
+func startProc(name string, port int, profile string, env []string, bin string, args ...string) (*workerProc, error) {
+	w := &workerProc{name: name, port: port, stderr: &tail{max: 16 << 10}, done: make(chan struct{}), profile: profile}
+	w.cmd = exec.Command(bin, args...)
+	w.cmd.Env = append(withoutConfigEnv(os.Environ()), env...)
 	w.cmd.Stdout, w.cmd.Stderr = w.stderr, w.stderr
 	dieWithParent(w.cmd)
 	if err := w.cmd.Start(); err != nil {

@@ -21,6 +21,14 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		}
 		return exitOK
 	}
+	if os.Getenv(bench.EnvRole) == bench.RoleFloor {
+		// A floor's loop, in a process of its own (see bench.ServeFloor).
+		if err := bench.ServeFloor(ctx, os.Getenv(bench.EnvFloor)); err != nil {
+			fmt.Fprintf(stderr, "understudy bench: floor: %v\n", err)
+			return exitFailed
+		}
+		return exitOK
+	}
 	fs, _ := newFlags("bench", stderr)
 	var o bench.Options
 	fs.StringVar(&o.NATSURL, "nats", "", "NATS server URL (default: a JetStream server in a child process)")
@@ -77,7 +85,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	} else {
 		rep.Text(stdout)
 	}
-	for _, r := range append(rep.Results, rep.Baseline) {
+	for _, r := range append(append(rep.Results, rep.Floors...), rep.Baseline) {
 		if r.Answered < r.Sent || r.Failed > 0 {
 			fmt.Fprintf(stderr, "understudy bench: %s ×%d: %d of %d requests answered, %d failed\n", r.Scenario, r.Workers, r.Answered, r.Sent, r.Failed)
 			return exitFailed

@@ -68,7 +68,7 @@ func TestBenchReportsEveryRequestAnswered(t *testing.T) {
 			if sc == bench.ScenarioBacklog && len(x.RSSDrainMB) == 0 {
 				t.Errorf("backlog: no RSS samples during the drain")
 			}
-			checkBenchStream(t, sc, x, true)
+			checkBenchStream(t, sc, x)
 			checkBenchFloor(t, sc, rep)
 			for _, k := range []string{"worker", "nats_server", "bench", "all"} {
 				if rep.CPUIncludes[k] == "" {
@@ -82,7 +82,7 @@ func TestBenchReportsEveryRequestAnswered(t *testing.T) {
 // checkBenchStream checks a result's streaming figures: present for the
 // stream scenario only, each streamed answer's chunks heard (its words and
 // the done; a reset would add one) and a first chunk timed. No throughput is asserted.
-func checkBenchStream(t *testing.T, sc string, x bench.Result, workers bool) {
+func checkBenchStream(t *testing.T, sc string, x bench.Result) {
 	t.Helper()
 	st := x.Stream
 	if sc != bench.ScenarioStream {
@@ -96,14 +96,14 @@ func checkBenchStream(t *testing.T, sc string, x bench.Result, workers bool) {
 	}
 	// A request the worker answered whole (it could not read the earlier
 	// chunks in time) streams nothing: only the shape is checked here.
-	if st.Words < 1 || st.Streamed < 1 || st.Streamed > x.Measured || st.Chunks < st.Streamed*(st.Words+1) || st.ChunksPerRequest <= 0 {
+	if st.Words < 1 || st.Requests != 300 || st.Streamed < 1 || st.Streamed > st.Requests || st.Chunks < st.Streamed*(st.Words+1) || st.ChunksPerRequest <= 0 {
 		t.Errorf("stream: %d chunks (%v a request), %d of %d requests streamed, %d words: want each streamed request's words and done heard",
 			st.Chunks, st.ChunksPerRequest, st.Streamed, x.Measured, st.Words)
 	}
 	if st.ChunksPerSecond <= 0 {
 		t.Errorf("stream: %v chunks/s, want positive", st.ChunksPerSecond)
 	}
-	if workers && runtime.GOOS == "linux" && (st.ChunksPerCoreSecond == nil || *st.ChunksPerCoreSecond <= 0) {
+	if runtime.GOOS == "linux" && (st.ChunksPerCoreSecond == nil || *st.ChunksPerCoreSecond <= 0) {
 		t.Errorf("stream: chunks/s per core %v, want it measured", st.ChunksPerCoreSecond)
 	}
 	if st.FirstChunkMS.P50 <= 0 || st.FirstChunkMS.P99 < st.FirstChunkMS.P50 {
@@ -119,8 +119,9 @@ func checkBenchStream(t *testing.T, sc string, x bench.Result, workers bool) {
 
 // checkBenchFloor checks the floor measured beside zero, fallback and
 // stream: every request answered ok through the claim, the provider and
-// the reply (and fallback's failed call's event), its latencies at the
-// scenario's rate, and the scenario's ratio to it. No throughput is asserted.
+// the reply (and fallback's failed call's event), its process measured as
+// a worker's, its latencies at the scenario's rate, and the scenario's
+// ratio to it. No throughput is asserted.
 func checkBenchFloor(t *testing.T, sc string, rep bench.Report) {
 	t.Helper()
 	stored := map[string]float64{bench.ScenarioZero: 3, bench.ScenarioFallback: 4, bench.ScenarioStream: 3 + 20}
@@ -153,8 +154,8 @@ func checkBenchFloor(t *testing.T, sc string, rep bench.Report) {
 		t.Errorf("%s: req/s %v, ratio to raw %v, the scenario's ratio to it %v, overhead %+v",
 			f.Scenario, f.RPS, f.RatioToBaseline, x.RatioToFloor, f.OverheadMS)
 	}
-	if runtime.GOOS == "linux" && (f.CPU.Worker != nil || f.CPU.Bench == nil || f.CPU.NATS == nil) {
-		t.Errorf("%s: CPU %+v: want the bench's and the server's, no worker's", f.Scenario, f.CPU)
+	if runtime.GOOS == "linux" && (f.CPU.Worker == nil || f.CPU.Bench == nil || f.CPU.NATS == nil || f.PeakRSSMB.Worker == nil) {
+		t.Errorf("%s: CPU %+v, RSS %+v: want the floor process's, the bench's and the server's", f.Scenario, f.CPU, f.PeakRSSMB)
 	}
-	checkBenchStream(t, sc, f, false)
+	checkBenchStream(t, sc, f)
 }
