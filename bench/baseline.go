@@ -66,7 +66,7 @@ func (r *runner) measureLoop(ctx context.Context, res *Result, label, prefix str
 	if err != nil {
 		return err
 	}
-	res.Measured, res.Seconds = st.completed, st.took.Seconds()
+	res.Measured, res.Seconds, res.SlowestMS = st.completed, st.took.Seconds(), ms(st.slowest)
 	res.RPS = float64(st.completed) / res.Seconds
 	res.CPU = cpuPer1k(start, end, st.measured, len(procs) > 0)
 	res.PeakRSSMB = peaks(end, len(procs) > 0)

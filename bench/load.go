@@ -263,6 +263,8 @@ type steady struct {
 	// measured is the replies heard from begin's call to end's: what the
 	// usage read by the two covers.
 	measured int
+	// slowest is the load phase's longest publish → reply.
+	slowest time.Duration
 }
 
 // steadyLoop sends the warm-up, load and cool-down requests in one closed
@@ -314,6 +316,9 @@ func (t *traffic) steadyLoop(ctx context.Context, js jetstream.JetStream, w watc
 	}
 	last := t.lastDone(phaseLoad)
 	st := steady{took: time.Duration(last - start.UnixNano())}
+	for n := t.bounds[phaseLoad]; n < t.bounds[phaseLoad+1]; n++ {
+		st.slowest = max(st.slowest, time.Duration(t.done[n].Load()-t.sent[n].Load()))
+	}
 	for n := t.bounds[phaseWarm]; n < t.bounds[phaseCool+1]; n++ {
 		d := t.done[n].Load()
 		if d > start.UnixNano() && d <= last {

@@ -3,7 +3,6 @@ package bench
 import (
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -65,7 +64,12 @@ type Result struct {
 	// in Seconds.
 	Measured int     `json:"measured"`
 	Seconds  float64 `json:"seconds"`
-	RPS      float64 `json:"requests_per_second"`
+	// SlowestMS is the throughput phase's longest publish → reply (steady
+	// closed loops): one far above the others (a redelivery after the ack
+	// wait, a stall of the machine) stretches Seconds, and the throughput
+	// is not a steady one; the text report says so past slowWarning.
+	SlowestMS float64 `json:"slowest_ms,omitempty"`
+	RPS       float64 `json:"requests_per_second"`
 	// RatioToBaseline is RPS over the baseline's.
 	RatioToBaseline float64 `json:"ratio_to_baseline"`
 	// RatioToFloor is RPS over its floor's: what Understudy's own code
@@ -164,6 +168,12 @@ type RSS struct {
 	Bench  *float64 `json:"bench"`
 }
 
+// slowWarning: a throughput phase whose slowest request took longer is
+// flagged.
+const slowWarning = 5 * time.Second
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
 func quantiles(sorted []time.Duration) Quantiles {
 	if len(sorted) == 0 {
 		return Quantiles{}
@@ -215,11 +225,14 @@ func (r *Report) Text(w io.Writer) {
 	}
 	_ = tw.Flush()
 	fmt.Fprintln(w)
-	for _, x := range append(slices.Clone(r.Floors), r.Results...) {
+	for _, x := range append(append([]Result{r.Baseline}, r.Floors...), r.Results...) {
 		var notes []string
 		if x.Ordering == orderingConversation && x.RatioToUnordered > 0 {
 			notes = append(notes, fmt.Sprintf("ordering conversation keeps %.2f of ordering none's req/s across %d conversations (%d requests a conversation, in a row)",
 				x.RatioToUnordered, x.Conversations, x.Measured/max(x.Conversations, 1)))
+		}
+		if x.SlowestMS > float64(slowWarning/time.Millisecond) {
+			notes = append(notes, fmt.Sprintf("a request of the throughput phase took %.1f s: its req/s is not a steady figure, run again", x.SlowestMS/1000))
 		}
 		if x.RatioToFloor > 0 {
 			notes = append(notes, fmt.Sprintf("%.2f of %s's req/s", x.RatioToFloor, floorOf(x.Scenario)))

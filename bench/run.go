@@ -490,7 +490,7 @@ func (r *runner) scenario(ctx context.Context, sc string, w int) (Result, error)
 		if err != nil {
 			return res, err
 		}
-		res.Measured, res.Seconds = st.completed, st.took.Seconds()
+		res.Measured, res.Seconds, res.SlowestMS = st.completed, st.took.Seconds(), ms(st.slowest)
 		res.RPS = float64(res.Measured) / res.Seconds
 		res.CPU = cpuPer1k(start, end, st.measured, true)
 		res.PeakRSSMB = peaks(end, true)

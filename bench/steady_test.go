@@ -111,3 +111,23 @@ func TestServeFloorRefusesABadSpec(t *testing.T) {
 		t.Errorf("ServeFloor({) = %v, want an error naming %s", err, EnvFloor)
 	}
 }
+
+func TestTextFlagsAnUnsteadyThroughput(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		slowest float64
+		flagged bool
+	}{
+		{"steady", 40, false},
+		{"a request redelivered after the ack wait", 30200, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rep := Report{Baseline: Result{Scenario: "raw-jetstream", RPS: 634, SlowestMS: tc.slowest}}
+			var b strings.Builder
+			rep.Text(&b)
+			if got := strings.Contains(b.String(), "raw-jetstream: a request of the throughput phase took"); got != tc.flagged {
+				t.Errorf("flagged = %v, want %v:\n%s", got, tc.flagged, b.String())
+			}
+		})
+	}
+}
