@@ -88,6 +88,11 @@ func (r *runner) measureLoop(ctx context.Context, res *Result, label, prefix str
 	res.StoredPerRequest, res.StoredByStream = storedPerRequest(before, after, len(t.sent))
 	res.Answered, res.Sent = t.answeredAll()
 	res.Failed = int(t.failed.Load())
+	for _, p := range procs {
+		if err := p.gone(); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

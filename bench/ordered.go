@@ -104,10 +104,11 @@ func (r *runner) orderedCase(ctx context.Context, w, convs int, ordering string)
 	res.MemPerInflightKB = memPerInflight(ready, end, w*o.Concurrency)
 	e2e, ovh := t.latencies(phaseLoad)
 	res.EndToEndMS, res.OverheadMS = quantiles(e2e), quantiles(ovh)
-	for _, wp := range workers {
-		wp.stop()
-	}
+	gone := stopAll(workers)
 	workers = nil
+	if gone != nil {
+		return res, gone
+	}
 	after, err := r.stored(ctx, prefix)
 	if err != nil {
 		return res, err

@@ -513,10 +513,11 @@ func (r *runner) scenario(ctx context.Context, sc string, w int) (Result, error)
 		t.streamFigures(&res)
 	}
 	res.RPS = float64(res.Measured) / res.Seconds
-	for _, wp := range workers {
-		wp.stop()
-	}
+	gone := stopAll(workers)
 	workers = nil
+	if gone != nil {
+		return res, gone
+	}
 	after, err := r.stored(ctx, prefix)
 	if err != nil {
 		return res, err

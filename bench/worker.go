@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -170,6 +171,30 @@ func (w *workerProc) toggleProfile(stop bool) error {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return fmt.Errorf("%s wrote no CPU profile to %s within 10s", w.name, w.profile)
+}
+
+// gone says whether the process exited before the bench stopped it (a
+// crash during the measurement), with its exit status and the end of its
+// output; nil while it runs.
+func (w *workerProc) gone() error {
+	select {
+	case <-w.done:
+		return fmt.Errorf("%s exited during the measurement (%v): %s", w.name, w.cmd.ProcessState, w.stderr)
+	default:
+		return nil
+	}
+}
+
+// stopAll stops ws, and fails when one of them had exited by itself.
+func stopAll(ws []*workerProc) error {
+	var errs []error
+	for _, w := range ws {
+		errs = append(errs, w.gone())
+	}
+	for _, w := range ws {
+		w.stop()
+	}
+	return errors.Join(errs...)
 }
 
 // stop sends SIGTERM and waits for the drain; the process is killed after
