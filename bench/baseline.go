@@ -81,19 +81,7 @@ func (r *runner) measureLoop(ctx context.Context, res *Result, label, prefix str
 	e2e, ovh := t.latencies(phasePaced)
 	res.EndToEndMS, res.OverheadMS = quantiles(e2e), quantiles(ovh)
 	t.streamFigures(res)
-	after, err := r.stored(ctx, prefix)
-	if err != nil {
-		return err
-	}
-	res.StoredPerRequest, res.StoredByStream = storedPerRequest(before, after, len(t.sent))
-	res.Answered, res.Sent = t.answeredAll()
-	res.Failed = int(t.failed.Load())
-	for _, p := range procs {
-		if err := p.gone(); err != nil {
-			return err
-		}
-	}
-	return nil
+	return r.settle(ctx, res, t, procs, prefix, before, len(t.sent))
 }
 
 // serveLoop has concurrency goroutines of the bench process handle the

@@ -67,14 +67,12 @@ func (r *runner) floor(ctx context.Context, sc string, rate float64) (Result, er
 	t := newSteadyTraffic(prefix, o.Payload, 2*o.Concurrency, o.Requests)
 	cfg := sim.Config{}
 	if sc == ScenarioStream {
-		t.streamed()
-		cfg.Words, cfg.ChunkDelay = streamWords, streamChunkDelay
-		res.Stream = &StreamResult{Words: streamWords, ChunkDelayMS: float64(streamChunkDelay) / float64(time.Millisecond)}
-		chunks, err := t.listenChunks(r.nc)
-		if err != nil {
+		var unlisten func()
+		var err error
+		if res.Stream, cfg, unlisten, err = r.streamTraffic(t); err != nil {
 			return res, err
 		}
-		defer func() { _ = chunks.Unsubscribe() }()
+		defer unlisten()
 	}
 	prov, err := startProvider(t, cfg, sim.ModeOK)
 	if err != nil {

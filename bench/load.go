@@ -94,6 +94,19 @@ func (t *traffic) streamed() {
 	t.firstChunk, t.providerFirst, t.chunks = make([]atomic.Int64, n), make([]atomic.Int64, n), make([]atomic.Int64, phases)
 }
 
+// streamTraffic makes t's requests ask for streamed answers and listens to
+// their chunks: it returns the streaming figures to fill, the answering
+// provider's settings, and the end of the listening.
+func (r *runner) streamTraffic(t *traffic) (*StreamResult, sim.Config, func(), error) {
+	t.streamed()
+	chunks, err := t.listenChunks(r.nc)
+	if err != nil {
+		return nil, sim.Config{}, nil, err
+	}
+	st := &StreamResult{Words: streamWords, ChunkDelayMS: float64(streamChunkDelay) / float64(time.Millisecond)}
+	return st, sim.Config{Words: streamWords, ChunkDelay: streamChunkDelay}, func() { _ = chunks.Unsubscribe() }, nil
+}
+
 // words is a user message of n bytes of ordinary words.
 func words(n int) string {
 	const text = "the quick brown fox jumps over the lazy dog while the provider keeps talking "

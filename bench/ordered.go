@@ -104,17 +104,5 @@ func (r *runner) orderedCase(ctx context.Context, w, convs int, ordering string)
 	res.MemPerInflightKB = memPerInflight(ready, end, w*o.Concurrency)
 	e2e, ovh := t.latencies(phaseLoad)
 	res.EndToEndMS, res.OverheadMS = quantiles(e2e), quantiles(ovh)
-	gone := stopAll(workers)
-	workers = nil
-	if gone != nil {
-		return res, gone
-	}
-	after, err := r.stored(ctx, prefix)
-	if err != nil {
-		return res, err
-	}
-	res.StoredPerRequest, res.StoredByStream = storedPerRequest(before, after, load)
-	res.Answered, res.Sent = t.answeredAll()
-	res.Failed = int(t.failed.Load())
-	return res, nil
+	return res, r.settle(ctx, &res, t, workers, prefix, before, load)
 }

@@ -365,19 +365,17 @@ func (r *runner) scenario(ctx context.Context, sc string, w int) (Result, error)
 		return res, err
 	}
 	defer func() { _ = sub.Unsubscribe() }()
+	answerCfg := sim.Config{}
 	if sc == ScenarioStream {
-		t.streamed()
-		chunks, err := t.listenChunks(r.nc)
-		if err != nil {
+		var unlisten func()
+		if res.Stream, answerCfg, unlisten, err = r.streamTraffic(t); err != nil {
 			return res, err
 		}
-		defer func() { _ = chunks.Unsubscribe() }()
-		res.Stream = &StreamResult{Words: streamWords, ChunkDelayMS: float64(streamChunkDelay) / float64(time.Millisecond)}
+		defer unlisten()
 	}
 
 	// The chain.
 	cfg := workerConfig{natsURL: r.url, prefix: prefix, concurrency: concurrency, failuresToOpen: 5}
-	answerCfg := sim.Config{}
 	if sc == ScenarioSlow {
 		answerCfg.Latency = slowLatency
 		if o.ProviderURL == "" {
@@ -395,9 +393,6 @@ func (r *runner) scenario(ctx context.Context, sc string, w int) (Result, error)
 		if sc == ScenarioOpen {
 			cfg.failuresToOpen = 1 // the warm-up's first failure opens it
 		}
-	}
-	if sc == ScenarioStream {
-		answerCfg.Words, answerCfg.ChunkDelay = streamWords, streamChunkDelay
 	}
 	answerURL := o.ProviderURL
 	if answerURL == "" || sc == ScenarioStream {
@@ -513,19 +508,24 @@ func (r *runner) scenario(ctx context.Context, sc string, w int) (Result, error)
 		t.streamFigures(&res)
 	}
 	res.RPS = float64(res.Measured) / res.Seconds
-	gone := stopAll(workers)
-	workers = nil
-	if gone != nil {
-		return res, gone
+	return res, r.settle(ctx, &res, t, workers, prefix, before, len(t.sent))
+}
+
+// settle ends a measurement: it stops ws, failing when one of them had
+// exited by itself, then fills res's stored messages per request since
+// before, over n requests, and t's answers.
+func (r *runner) settle(ctx context.Context, res *Result, t *traffic, ws []*workerProc, prefix string, before map[string]uint64, n int) error {
+	if err := stopAll(ws); err != nil {
+		return err
 	}
 	after, err := r.stored(ctx, prefix)
 	if err != nil {
-		return res, err
+		return err
 	}
-	res.StoredPerRequest, res.StoredByStream = storedPerRequest(before, after, len(t.sent))
+	res.StoredPerRequest, res.StoredByStream = storedPerRequest(before, after, n)
 	res.Answered, res.Sent = t.answeredAll()
 	res.Failed = int(t.failed.Load())
-	return res, nil
+	return nil
 }
 
 // memPerInflight is the workers' growth from ready to their peak, in KiB

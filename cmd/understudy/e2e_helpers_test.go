@@ -464,6 +464,22 @@ func e2eReplies(t *testing.T, js jetstream.JetStream) (map[string]int, []chat.Re
 
 // e2eWaitReplies waits until CHAT_REPLIES holds at least len(ids) replies,
 // then reads them and checks that every id has exactly one, and that there is
+// e2eOKRedelivered fails the test for each reply that is not ok and counts
+// the replies of requests delivered more than once.
+func e2eOKRedelivered(t *testing.T, replies []chat.Reply) int {
+	t.Helper()
+	redelivered := 0
+	for _, r := range replies {
+		if r.Status != chat.StatusOK {
+			t.Errorf("reply %s: status %s (%+v), want ok", r.ID, r.Status, r.Error)
+		}
+		if r.Deliveries >= 2 {
+			redelivered++
+		}
+	}
+	return redelivered
+}
+
 // no reply to anything else.
 func e2eWaitReplies(t *testing.T, js jetstream.JetStream, ids []string, timeout time.Duration) []chat.Reply {
 	t.Helper()

@@ -84,15 +84,7 @@ func TestServeConversationOrderWorkerKilled(t *testing.T) {
 	provider.SetLatency(latency)
 
 	replies := e2eWaitReplies(t, js, ids, 30*time.Second)
-	redelivered := 0
-	for _, r := range replies {
-		if r.Status != chat.StatusOK {
-			t.Errorf("reply %s: status %s (%+v), want ok", r.ID, r.Status, r.Error)
-		}
-		if r.Deliveries >= 2 {
-			redelivered++
-		}
-	}
+	redelivered := e2eOKRedelivered(t, replies)
 	// Stored in publish order, per conversation (replies read in stream order).
 	stored := map[string][]string{}
 	for _, r := range replies {

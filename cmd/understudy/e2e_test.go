@@ -50,15 +50,7 @@ func TestServeSIGKILLMidFlightLosesNothing(t *testing.T) {
 
 	e2eServe(t, "worker-2", cfg)
 	replies := e2eWaitReplies(t, js, ids, 40*time.Second)
-	redelivered := 0
-	for _, r := range replies {
-		if r.Status != chat.StatusOK {
-			t.Errorf("reply %s: status %s (%+v), want ok", r.ID, r.Status, r.Error)
-		}
-		if r.Deliveries >= 2 {
-			redelivered++
-		}
-	}
+	redelivered := e2eOKRedelivered(t, replies)
 	if redelivered == 0 {
 		t.Errorf("no reply has deliveries >= 2: the requests in flight at the kill were not redelivered")
 	}
